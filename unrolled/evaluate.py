@@ -1,0 +1,141 @@
+"""Per-layer evaluation tables: learned models, classical baselines and the oracle floor.
+
+Rows are long-format dicts (``method, layer, nmse_db, nmse_db_sample, fp, fn, f1``) so
+plots and reports can be rebuilt from the table alone. Statistics accumulate over
+chunks, so 10,000 test vectors never need all K iterates in memory at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from . import metrics, solvers
+from .io import write_text
+
+FIELDS = ["method", "layer", "nmse_db", "nmse_db_sample", "fp", "fn", "f1"]
+
+
+class LayerStats:
+    """Running per-layer sums: squared error, energy, per-sample dB, support counts."""
+
+    def __init__(self) -> None:
+        self.err: list[float] = []
+        self.energy = 0.0
+        self.db_sum: list[float] = []
+        self.sup: list[list[float]] = []
+        self.count = 0
+
+    def add(self, outputs: Iterable[Tensor], x: Tensor) -> None:
+        x = x.double()
+        energy = (x * x).sum(1)
+        keep = energy > 0
+        for k, xk in enumerate(outputs):
+            e = ((xk.double() - x) ** 2).sum(1)
+            s = metrics.support_stats(xk, x)
+            vals = [float(e.sum()), float((10 * torch.log10((e[keep] / energy[keep]).clamp_min(1e-300))).sum()),
+                    s["fp"] * len(x), s["fn"] * len(x), s["f1"] * len(x)]
+            if k == len(self.err):
+                self.err.append(0.0)
+                self.db_sum.append(0.0)
+                self.sup.append([0.0, 0.0, 0.0])
+            self.err[k] += vals[0]
+            self.db_sum[k] += vals[1]
+            for j in range(3):
+                self.sup[k][j] += vals[2 + j]
+        self.energy += float(energy.sum())
+        self.count += len(x)
+
+    def rows(self, method: str, **meta) -> list[dict]:
+        n = max(self.count, 1)
+        return [dict(method=method, layer=k, nmse_db=10 * math.log10(max(self.err[k], 1e-300) / self.energy),
+                     nmse_db_sample=self.db_sum[k] / n, fp=self.sup[k][0] / n, fn=self.sup[k][1] / n,
+                     f1=self.sup[k][2] / n, **meta) for k in range(len(self.err))]
+
+
+def chunks(x: Tensor, y: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    for lo in range(0, x.shape[0], size):
+        yield x[lo:lo + size], y[lo:lo + size]
+
+
+def evaluate_layers(run: Callable[[Tensor], Iterable[Tensor]], x: Tensor, y: Tensor, method: str,
+                    chunk: int = 2000, **meta) -> list[dict]:
+    """Rows for every layer of ``run(y_chunk)`` (an iterable of ``x_0 .. x_K``)."""
+    stats = LayerStats()
+    with torch.inference_mode():
+        for xc, yc in chunks(x, y, chunk):
+            stats.add(run(yc), xc)
+    return stats.rows(method, **meta)
+
+
+def evaluate_model(model, x: Tensor, y: Tensor, method: str | None = None, chunk: int = 2000, **meta) -> list[dict]:
+    """Per-layer rows of an :class:`~unrolled.models.UnrolledNet` on ``(x, y)``."""
+    dev, dt = model.A.device, model.A.dtype
+    return evaluate_layers(lambda yc: model(yc.to(dev, dt), all_layers=True), x, y, method or model.name, chunk, **meta)
+
+
+def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, iters: int,
+                   algos: Iterable[str] = ("ista", "fista"), lam: float | str = "auto",
+                   chunk: int = 2000) -> list[dict]:
+    """Rows of classical solvers at depth ``iters``; ``lam='auto'`` tunes on the validation set."""
+    rows = []
+    L = solvers.lipschitz(A)
+    for algo in algos:
+        solver = solvers.get_solver(algo)
+        lam_a = solvers.tune_lambda(algo, A, x_val, y_val, iters)[0] if lam == "auto" else float(lam)
+        rows += evaluate_layers(lambda yc, s=solver, la=lam_a: s(A, yc, la, iters, L), x, y, algo, chunk,
+                                lam=lam_a)
+    return rows
+
+
+def oracle_rows(A: Tensor, x: Tensor, y: Tensor, snr: float) -> list[dict]:
+    """The support-oracle floor (no layer): least squares and MMSE on the true support."""
+    rows = []
+    for name, est in metrics.oracle_estimates(A, x, y, snr).items():
+        s = metrics.support_stats(est, x)
+        rows.append(dict(method=name, layer="", nmse_db=metrics.nmse_db(est, x),
+                         nmse_db_sample=metrics.nmse_db_per_sample(est, x), **s))
+    return rows
+
+
+def to_csv(rows: list[dict], path=None, meta: dict | None = None) -> str:
+    """Long-format CSV (columns ``FIELDS`` first, then any extra keys, then ``meta``)."""
+    meta = meta or {}
+    keys = list(FIELDS)
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    keys += [k for k in meta if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**meta, **r})
+    if path is not None:
+        write_text(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
+    """Layers down, methods across; the oracle floor and each method's gap to it below."""
+    label = {"nmse_db": "aggregate NMSE (dB)", "nmse_db_sample": "mean per-sample NMSE (dB)"}[metric]
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["layer"] != ""))
+    floors = {r["method"]: r[metric] for r in rows if r["layer"] == ""}
+    table = {(r["method"], r["layer"]): r[metric] for r in rows if r["layer"] != ""}
+    depth = max((r["layer"] for r in rows if r["layer"] != ""), default=0)
+    width = max([10] + [len(m) + 1 for m in methods])
+    lines = [f"{label} per layer, over {'the test set'}",
+             "layer" + "".join(f"{m:>{width}}" for m in methods)]
+    for k in range(depth + 1):
+        cells = [table.get((m, k)) for m in methods]
+        lines.append(f"{k:>5}" + "".join(f"{'':>{width}}" if c is None else f"{c:>{width}.2f}" for c in cells))
+    for name, floor in floors.items():
+        lines.append(f"{name} floor: {floor:.2f} dB")
+        last = {m: max(k for (mm, k) in table if mm == m) for m in methods}
+        gaps = "".join(f"{table[(m, last[m])] - floor:>{width}.2f}" for m in methods)
+        lines.append(f"{'gap':>5}" + gaps + f"   (final layer minus {name})")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Pure maths shared by the classical solvers and their unrolled twins (SPEC §5, §6).
+
+Shapes: ``x: (batch, n)``, ``y: (batch, m)``, ``A, W: (m, n)``. Thresholds and step sizes
+broadcast against ``(batch, n)``: a scalar, a per-coordinate ``(n,)``, a per-sample
+``(batch, 1)`` or a per-entry ``(batch, n)`` tensor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+SUPPORT_MODES = ("none", "percentage", "count")
+
+
+def soft_threshold(z: Tensor, theta: Tensor | float) -> Tensor:
+    """``eta_theta(z) = sign(z) max(|z| - theta, 0)``, computed as ``z - clamp(z, -theta, theta)``."""
+    if isinstance(theta, Tensor):
+        return z - torch.clamp(z, -theta, theta)
+    return z - z.clamp(-theta, theta)
+
+
+def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
+    """Entries strictly above the (100 - q_t)-th percentile of ``n`` values, ``q_t = min(p t, p_max)``.
+
+    The percentile uses the 'nearest' rule of the reference code (TensorFlow's default):
+    the order statistic at ascending index ``round((1 - q/100)(n - 1))``. Entries strictly
+    above it are the ``n - 1 - index`` largest (ties aside).
+    """
+    q = min(p * t, p_max)
+    index = round((1 - q / 100) * (n - 1))
+    return max(0, n - 1 - index)
+
+
+def count_schedule(s: float, K: int) -> list[int]:
+    """NA-ALISTA's ``p_k = linspace(floor(1.2 s / K), 1.2 s, K)`` as integers."""
+    lo, hi = math.floor(1.2 * s / K), 1.2 * s
+    if K == 1:
+        return [int(hi)]
+    return [int(lo + (hi - lo) * k / (K - 1)) for k in range(K)]
+
+
+def support_mask(z: Tensor, keep: int, theta: Tensor | float | None = None) -> Tensor:
+    """Entries that bypass the shrinkage: ``|z|`` among the ``keep`` largest per sample.
+
+    With ``theta`` (percentage form) an entry must also satisfy ``|z| > theta``. The
+    mask is computed without gradient. ``keep = 0`` selects nothing.
+    """
+    with torch.no_grad():
+        a = z.abs()
+        if keep <= 0:
+            return torch.zeros_like(z, dtype=torch.bool)
+        # The (keep+1)-th largest is the percentile / p_k-th value; 'strictly above' it.
+        k = min(keep + 1, z.shape[-1])
+        cut = a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        mask = a > cut if keep < z.shape[-1] else torch.ones_like(a, dtype=torch.bool)
+        if theta is not None:
+            mask &= a > theta
+        return mask
+
+
+def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = True) -> Tensor:
+    """Soft threshold with support selection: the masked entries pass unchanged.
+
+    ``keep = 0`` is the plain soft threshold. ``with_theta`` selects the percentage form
+    (``|z| > theta`` required) or the count form (no ``theta`` condition).
+    """
+    if keep <= 0:
+        return soft_threshold(z, theta)
+    mask = support_mask(z, keep, theta if with_theta else None)
+    clipped = torch.clamp(z, -theta, theta) if isinstance(theta, Tensor) else z.clamp(-theta, theta)
+    return z - clipped.masked_fill(mask, 0.0)
+
+
+def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float) -> Tensor:
+    """``x + gamma W^T (y - A x)`` in row form: ``x + gamma (y - x A^T) W``."""
+    return x + gamma * ((y - x @ A.T) @ W)
+
+
+def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, theta: Tensor | float,
+             keep: int = 0, with_theta: bool = True) -> Tensor:
+    """One proximal-gradient step ``shrink(x + gamma W^T (y - A x), theta)``.
+
+    ISTA is ``W = A, gamma = 1/L, theta = lam/L``; ALISTA takes the analytic W and learned
+    ``(gamma_t, theta_t)``; LISTA-CP a learned ``W_t`` with ``gamma = 1``; TiLISTA a learned
+    W with ``gamma = alpha_t``; SLISTA ``W = A``, ``gamma = s_t``, ``theta = lam s_t``;
+    NA-ALISTA per-sample ``(batch, 1)`` values.
+    """
+    return shrink(gradient_step(x, y, A, W, gamma), theta, keep, with_theta)
+
+
+def fista_momentum(t: float) -> tuple[float, float]:
+    """``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2`` and the extrapolation weight ``(t_k - 1) / t_{k+1}``."""
+    t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+    return t_next, (t - 1) / t_next
+
+
+def lasso_objective(x: Tensor, y: Tensor, A: Tensor, lam: float) -> Tensor:
+    """``F(x) = 1/2 ||y - A x||^2 + lam ||x||_1`` per sample, shape ``(batch,)``."""
+    r = y - x @ A.T
+    return 0.5 * (r * r).sum(-1) + lam * x.abs().sum(-1)
+
+
+def kkt_residual(x: Tensor, y: Tensor, A: Tensor, lam: float) -> Tensor:
+    """Distance of ``0`` from the Lasso subdifferential at ``x``, per sample (sup norm).
+
+    ``g = A^T (A x - y)``; optimality needs ``g_i = -lam sign(x_i)`` on the support and
+    ``|g_i| <= lam`` off it.
+    """
+    g = (x @ A.T - y) @ A
+    on = x != 0
+    res = torch.where(on, (g + lam * torch.sign(x)).abs(), (g.abs() - lam).clamp(min=0))
+    return res.amax(-1)

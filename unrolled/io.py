@@ -1,0 +1,138 @@
+"""Files: atomic writes, matrix and signal loading (never unpickled), safetensors checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+
+from .errors import UsageError, check
+
+MATRIX_KEYS = ("D", "A")
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
+
+    A reader sees either the old file or the complete new one, never a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
+    """Read one 2-D float array from ``.npy``, ``.npz`` or ``.mat`` without unpickling."""
+    check(path.exists(), f"{what} file {path} does not exist")
+    check(path.stat().st_size > 0, f"{what} file {path} is empty")
+    suffix = path.suffix.lower()
+    check(suffix in (".npy", ".npz", ".mat"), f"{what} file {path} must be .npy, .npz or .mat, got {suffix!r}")
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                found = list(f.files)
+                key = next((k for k in keys if k in found), found[0] if len(found) == 1 else None)
+                check(key is not None, f"{path} has no array named {' or '.join(keys)} (keys found: {found})")
+                arr = f[key]
+        else:
+            import scipy.io
+
+            d = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+            key = next((k for k in keys if k in d), None)
+            check(key is not None, f"{path} has no matrix named {' or '.join(keys)} (keys found: {sorted(d)})")
+            arr = d[key]
+    except UsageError:
+        raise
+    except Exception as e:  # truncated or foreign files: one line naming the file
+        raise UsageError(f"cannot read {what} file {path} (truncated or not a valid {suffix} file): {e}") from None
+    check(arr.dtype.kind in "fiu", f"{what} in {path} has dtype {arr.dtype}; expected real numbers")
+    check(arr.ndim == 2, f"{what} in {path} has shape {arr.shape}; expected a 2-D array")
+    check(arr.size > 0, f"{what} in {path} is empty (shape {arr.shape})")
+    arr = np.asarray(arr, dtype=np.float64)
+    check(bool(np.isfinite(arr).all()), f"{what} in {path} contains NaN or Inf; clean the file")
+    return arr
+
+
+def load_matrix(path: str | Path) -> np.ndarray:
+    """A measurement matrix ``(m, n)`` from ``.npy``, ``.npz`` or ``.mat`` (key ``D`` or ``A``)."""
+    path = Path(path)
+    A = _read_array(path, MATRIX_KEYS, "matrix")
+    zero = np.flatnonzero(np.linalg.norm(A, axis=0) == 0)
+    check(zero.size == 0, f"matrix in {path} has {zero.size} zero column(s) (first: {zero[:3].tolist()})")
+    return A
+
+
+def load_signals(path: str | Path, n: int) -> np.ndarray:
+    """Test signals as ``(samples, n)``, from a file in either orientation.
+
+    The orientation is decided by which axis has length ``n``; a square ``n x n`` file is
+    ambiguous and refused.
+    """
+    path = Path(path)
+    X = _read_array(path, ("x", "X"), "signal")
+    rows, cols = X.shape
+    check(not (rows == n and cols == n),
+          f"{path} is {rows}x{cols}: both axes match n={n}, so the orientation is ambiguous; "
+          f"save it with a different number of samples")
+    if cols == n:
+        return X
+    check(rows == n, f"{path} has shape {X.shape}, but neither axis matches n={n}")
+    return X.T.copy()
+
+
+def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write tensors atomically (shared storage is cloned) and return the file's SHA-256."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_safetensors(path: str | Path, expect_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read tensors, refusing a file whose hash differs from the one recorded when it was written."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    check(path.exists(), f"weights file {path} does not exist")
+    data = path.read_bytes()
+    if expect_sha256 is not None and hashlib.sha256(data).hexdigest() != expect_sha256:
+        raise UsageError(f"weights file {path} does not match its recorded checksum: it is corrupted or was modified")
+    try:
+        return load(data)
+    except Exception as e:
+        raise UsageError(f"weights file {path} is not a valid safetensors file: {e}") from None
