@@ -1,45 +1,229 @@
-"""Commands built on the model zoo and the trainer: demo, train, eval."""
+"""Commands built on the model zoo and the trainer: train, eval and the demo (main job)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from . import evaluate as E
-from .analytic import analytic_weights
+from .errors import UsageError, check
+from .io import sha256
+from .models import MODELS, build, make_config
 from .problem import Problem, ProblemSpec
+from .train import (
+    Stage,
+    Trainer,
+    TrainOptions,
+    finish_run,
+    load_weights,
+    make_schedule,
+    read_run_config,
+    write_run_config,
+)
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        check("=" in item, f"--set {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+# -- train --------------------------------------------------------------------------------------
+
+
+def new_run(a: argparse.Namespace) -> tuple[Trainer, dict]:
+    check(a.problem is not None, "train needs a PROBLEM file (or --resume RUN)")
+    check(a.model is not None, f"train needs --model; valid: {', '.join(sorted(MODELS))}")
+    check(a.out is not None, "train needs --out RUN (a new run directory)")
+    out = Path(a.out)
+    check(not (out / "progress.json").exists(), f"{out} already holds a run; continue it with --resume {out}")
+    problem = Problem.load(a.problem)
+    overrides = parse_sets(a.set)
+    overrides["K"] = a.layers
+    cls = MODELS[a.model] if a.model in MODELS else None
+    check(cls is not None, f"unknown model {a.model!r}; valid: {', '.join(sorted(MODELS))}")
+    config = make_config(cls.Config, overrides)
+    options = TrainOptions(batch=a.batch, loss=a.loss, loss_lam=a.loss_lam, eval_every=a.eval_every, seed=a.seed)
+    kw = dict(samples=a.budget_samples, batch=a.batch)
+    if a.lr is not None:
+        kw["lr"] = a.lr
+    if a.patience is not None:
+        kw["patience"] = a.patience
+    stages = make_schedule(a.schedule, config.K, **kw)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("metrics.jsonl", "weights.safetensors", "result.json", "eval.csv"):
+        (out / stale).unlink(missing_ok=True)
+    shutil.copyfile(a.problem, out / ".problem.npz.tmp")
+    (out / ".problem.npz.tmp").replace(out / "problem.npz")
+    run_cfg = dict(model=a.model, model_config=dataclasses.asdict(config), schedule=a.schedule,
+                   stages=[s.to_dict() for s in stages], options=dataclasses.asdict(options),
+                   problem=dict(source=str(Path(a.problem).resolve()), sha256=sha256(out / "problem.npz"),
+                                spec=json.loads(problem.spec.to_json())),
+                   device=str(a.device), torch=torch.__version__)
+    write_run_config(out, run_cfg)
+    return make_trainer(out, run_cfg, problem, a.device), run_cfg
+
+
+def make_trainer(run: Path, cfg: dict, problem: Problem, device: torch.device) -> Trainer:
+    torch.manual_seed(cfg["options"]["seed"])  # model initialisations that draw random numbers
+    model = build(cfg["model"], problem, cfg["model_config"]).to(device)
+    stages = [Stage(**{**s, "layers": tuple(s["layers"])}) for s in cfg["stages"]]
+    return Trainer(model, problem, stages, TrainOptions(**cfg["options"]), run)
+
+
+def load_run(run: str | Path, device: torch.device | str = "cpu") -> tuple:
+    """``(model, problem, config, result)`` of a finished run, weights verified by hash."""
+    run = Path(run)
+    cfg = read_run_config(run)
+    problem = Problem.load(run / "problem.npz")
+    result_path = run / "result.json"
+    check(result_path.exists(), f"{run} has not finished training (no result.json); continue it with --resume")
+    result = json.loads(result_path.read_text())
+    torch.manual_seed(cfg["options"]["seed"])
+    model = build(cfg["model"], problem, cfg["model_config"])
+    load_weights(model, run / "weights.safetensors", result["weights_sha256"])
+    return model.to(device), problem, cfg, result
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    if a.resume:
+        run = Path(a.resume)
+        cfg = read_run_config(run)
+        problem = Problem.load(run / "problem.npz")
+        check(sha256(run / "problem.npz") == cfg["problem"]["sha256"], f"{run}/problem.npz was modified")
+        device = a.device if a.device_given else torch.device(cfg["device"])
+        trainer = make_trainer(run, cfg, problem, device)
+        if (run / "progress.json").exists():
+            trainer.resume()
+            print(f"resuming {run} at stage {trainer.c['stage'] + 1}/{len(trainer.stages)}, "
+                  f"step {trainer.c['step']}, {trainer.c['samples']:,} samples")
+    else:
+        trainer, cfg = new_run(a)
+        run = Path(a.out)
+        print(f"training {cfg['model']} (K={cfg['model_config']['K']}) with the {cfg['schedule']} schedule: "
+              f"{len(trainer.stages)} stage(s), budget {a.budget_samples:,} samples, device {trainer.device}")
+    trainer.run()
+    finish_run(trainer)
+    print(f"done: {trainer.c['samples']:,} samples in {trainer.seconds:.0f} s; "
+          f"weights in {run / 'weights.safetensors'}")
+
+
+# -- eval ---------------------------------------------------------------------------------------
+
+
+def evaluate_run(run: Path, a: argparse.Namespace, baselines: bool = True) -> list[dict]:
+    from .cli import load_test, test_snr
+
+    model, problem, cfg, result = load_run(run, a.device)
+    x, y = load_test(problem, a)
+    meta = dict(run=str(run), samples=result["samples"], seconds=round(result["seconds"], 1),
+                device=result["device"], seed=cfg["options"]["seed"], schedule=cfg["schedule"],
+                test_size=len(x), torch=torch.__version__)
+    rows = E.evaluate_model(model, x, y, cfg["model"])
+    if baselines:
+        xv, yv = problem.validation(torch.float64)
+        rows += E.classical_rows(problem.A, x, y, xv[:1000], yv[:1000], model.K)
+    rows += E.oracle_rows(problem.A, x, y, test_snr(problem, a))
+    return [{**meta, **r} for r in rows]
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    run = Path(a.run)
+    rows = evaluate_run(run, a)
+    print(f"{run}: {rows[0]['samples']:,} training samples, {rows[0]['seconds']} s; test set {rows[0]['test_size']}")
+    print(E.format_table(rows))
+    E.to_csv(rows, run / "eval.csv")
+    print(f"wrote {run / 'eval.csv'}")
+
+
+# -- demo (main job) ----------------------------------------------------------------------------
+
+DEMO_MODELS = {  # model: (schedule, samples, lr) — sized for ~5 minutes on 2 CPU cores
+    "alista": ("end-to-end", 600_000, 2e-3),
+    "na-alista": ("end-to-end", 400_000, 2e-3),
+}
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    """The main job: standard 250x500 problem, analytic W, classical solvers with tuned lambda."""
+    """Standard 250x500 problem: train ALISTA and NA-ALISTA, compare with ISTA/FISTA and the oracle."""
+    from .plots import plot_layers
+
+    start = time.perf_counter()
     out = Path(a.out)
-    problem = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=a.snr, seed=a.seed))
+    problem = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=a.snr, seed=a.seed, test_size=a.test_size))
     path = problem.save(out / "problem.npz")
     print(f"problem: {problem} -> {path}")
-    w = analytic_weights(problem.A)
-    print(f"analytic W (closed form): objective {w.objective:.2f}, coherence {w.coherence:.4f}, {w.seconds:.3f} s")
-    x, y = problem.test(a.test_size, torch.float64)
-    xv, yv = problem.validation(torch.float64)
-    t0 = time.perf_counter()
-    rows = E.classical_rows(problem.A, x, y, xv[:1000], yv[:1000], a.layers, ("ista", "fista"))
-    rows += E.oracle_rows(problem.A, x, y, problem.spec.snr)
-    print(f"classical solvers, lambda tuned on validation, {time.perf_counter() - t0:.1f} s")
+    rows = []
+    for name, (schedule, samples, lr) in DEMO_MODELS.items():
+        run = out / name
+        if (run / "result.json").exists():
+            print(f"{name}: already trained in {run}")
+        else:
+            args = argparse.Namespace(problem=str(path), model=name, layers=a.layers, out=str(run), set=[],
+                                      batch=512, loss="mse", loss_lam=0.1, eval_every=50, seed=a.seed,
+                                      budget_samples=samples, lr=lr, patience=None, schedule=schedule,
+                                      device=torch.device("cpu"), resume=None)
+            if (run / "progress.json").exists():
+                args.resume, args.device_given = str(run), False
+            cmd_train(args)
+        ev = argparse.Namespace(device="cpu", test_x=None, test_size=None, snr=None)
+        rows += [r for r in evaluate_run(run, ev, baselines=not rows) if r["layer"] != "" or not rows]
     print(E.format_table(rows))
-    E.to_csv(rows, out / "demo.csv", meta=dict(problem=str(path)))
-    print(f"wrote {out / 'demo.csv'}")
+    E.to_csv(rows, out / "demo.csv")
+    plot_layers(rows, out / "demo.png", f"250x500, p=0.1, {a.snr:g} dB, test set of {a.test_size}")
+    print(f"wrote {out / 'demo.csv'} and {out / 'demo.png'} ({time.perf_counter() - start:.0f} s in all)")
 
 
 def add_commands(sub) -> None:
-    from .cli import Parser, number, positive_int
+    from .cli import add_test_options, device_arg, number, positive_int
+    from .train import LOSSES, SCHEDULES
 
-    pd = sub.add_parser("demo", help="the main job: standard problem, baselines and models, table and plot")
+    pt = sub.add_parser("train", help="train a model into a resumable run directory")
+    pt.add_argument("problem", nargs="?", help="problem file (.npz) from `unrolled problem create`")
+    pt.add_argument("--model", help=f"one of: {', '.join(sorted(MODELS))}")
+    pt.add_argument("--layers", type=positive_int, default=16, help="K (default %(default)s)")
+    pt.add_argument("--out", help="new run directory")
+    pt.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    pt.add_argument("--schedule", choices=sorted(SCHEDULES), default="end-to-end")
+    pt.add_argument("--loss", choices=LOSSES, default="mse")
+    pt.add_argument("--loss-lam", type=number, default=0.1, help="lambda of the Lasso loss (lasso, semi)")
+    pt.add_argument("--budget-samples", type=positive_int, default=2_000_000)
+    pt.add_argument("--batch", type=positive_int, default=512)
+    pt.add_argument("--lr", type=number, default=None, help="base learning rate (schedule default if omitted)")
+    pt.add_argument("--patience", type=positive_int, default=None, help="steps without improvement per stage")
+    pt.add_argument("--eval-every", type=positive_int, default=50, help="validate and checkpoint every N steps")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE", help="model config field (repeatable)")
+    pt.add_argument("--device", type=device_arg, default=None)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.set_defaults(func=train_entry)
+
+    pe = sub.add_parser("eval", help="per-layer NMSE of a run next to ISTA/FISTA and the oracle; writes RUN/eval.csv")
+    pe.add_argument("run")
+    add_test_options(pe)
+    pe.add_argument("--device", type=device_arg, default=torch.device("cpu"))
+    pe.set_defaults(func=cmd_eval)
+
+    pd = sub.add_parser("demo", help="the main job: train ALISTA and NA-ALISTA, table and plot vs ISTA/FISTA")
     pd.add_argument("--out", default="runs/demo")
     pd.add_argument("--snr", type=number, default=40.0)
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--layers", type=positive_int, default=16)
     pd.add_argument("--test-size", type=positive_int, default=10000)
     pd.set_defaults(func=cmd_demo)
-    del Parser
+
+
+def train_entry(a: argparse.Namespace) -> None:
+    a.device_given = a.device is not None
+    a.device = a.device or torch.device("cpu")
+    if a.resume and (a.out or a.problem or a.model):
+        raise UsageError("--resume RUN continues a run as configured; drop PROBLEM, --model and --out")
+    cmd_train(a)

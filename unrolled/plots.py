@@ -1,0 +1,41 @@
+"""Figures drawn from result tables only (long-format CSV rows)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .io import atomic_write
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_layers(rows: list[dict], path: str | Path, title: str = "", metric: str = "nmse_db") -> None:
+    """NMSE (dB) vs layer for every method; oracle rows (no layer) as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for m in methods:
+        pts = sorted((int(r["layer"]), float(r[metric])) for r in rows if r["method"] == m and r["layer"] != "")
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=m)
+        else:
+            val = next(float(r[metric]) for r in rows if r["method"] == m)
+            ax.axhline(val, ls="--", lw=1, color="gray")
+            ax.annotate(f"{m} {val:.1f} dB", (0, val), textcoords="offset points", xytext=(2, 3), fontsize=7)
+    ax.set_xlabel("layer / iteration")
+    ax.set_ylabel("aggregate NMSE (dB)" if metric == "nmse_db" else "mean per-sample NMSE (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix))
+    plt.close(fig)

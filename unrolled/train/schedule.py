@@ -1,0 +1,86 @@
+"""Training schedules as data (SPEC §7): a schedule is a list of :class:`Stage`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import check, choice
+
+LOSSES = ("mse", "mse-layers", "lasso", "semi")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: which layers train, which output is supervised, and how long.
+
+    ``layers`` are the 1-based layers whose parameters train (shared parameters belong to
+    layer 1). Layer ``l`` trains at ``lr * decay ** (depth - l)`` — a true learning-rate
+    decay for older layers. The stage ends after ``max_steps`` steps or ``patience``
+    steps without a validation improvement; the best validated weights are restored.
+    """
+
+    name: str
+    layers: tuple[int, ...]
+    depth: int
+    lr: float
+    max_steps: int
+    patience: int
+    decay: float = 1.0
+    clip: float | None = None
+    cosine: bool = False  # cosine-anneal the learning rate to 0 over max_steps
+
+    def __post_init__(self) -> None:
+        check(self.max_steps >= 1, f"stage {self.name}: max_steps must be >= 1")
+        check(self.lr > 0, f"stage {self.name}: lr must be > 0")
+        check(all(1 <= l <= self.depth for l in self.layers), f"stage {self.name}: layers must be in 1..depth")
+
+    def lr_of(self, layer: int) -> float:
+        return self.lr * self.decay ** (self.depth - layer)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def stagewise(K: int, lr: float = 5e-4, samples: int = 5_000_000, batch: int = 512, patience: int = 1000,
+              decay: float = 0.3, split: tuple[float, float, float] = (0.4, 0.4, 0.2),
+              clip: float | None = None) -> list[Stage]:
+    """ALISTA / LISTA-CPSS: per layer t, (1) layer t alone at lr, (2) layers <= t at lr*0.2,
+    (3) layers <= t at lr*0.02; loss on layer t's output.
+
+    The sample budget is spread evenly over layers and split between the three stages.
+    """
+    check(K >= 1, f"K={K} must be >= 1")
+    per_layer = max(1, samples // (K * batch))
+    stages = []
+    for t in range(1, K + 1):
+        all_t = tuple(range(1, t + 1))
+        for i, (layers, factor, tag) in enumerate([((t,), 1.0, "new"), (all_t, 0.2, "all"), (all_t, 0.02, "fine")]):
+            stages.append(Stage(f"layer{t}-{tag}", layers, t, lr * factor, max(1, round(per_layer * split[i])),
+                                patience, decay, clip))
+    return stages
+
+
+def end_to_end(K: int, lr: float = 1e-3, samples: int = 2_000_000, batch: int = 512, patience: int = 10**9,
+               clip: float | None = 1.0, fine: tuple[float, ...] = (0.1,), fine_share: float = 0.25,
+               cosine: bool = True) -> list[Stage]:
+    """NA-ALISTA style: all layers, final-layer loss, Adam with gradient clipping.
+
+    The main stage cosine-anneals ``lr``; each factor in ``fine`` adds a short stage at
+    ``lr * factor`` (taking ``fine_share`` of the budget together) that restarts from the
+    best weights.
+    """
+    steps = max(1, samples // batch)
+    fine_steps = round(steps * fine_share) if fine else 0
+    layers = tuple(range(1, K + 1))
+    stages = [Stage("e2e", layers, K, lr, max(1, steps - fine_steps), patience, 1.0, clip, cosine)]
+    for f in fine:
+        stages.append(Stage(f"e2e-x{f:g}", layers, K, lr * f, max(1, fine_steps // len(fine)), patience, 1.0, clip,
+                            cosine))
+    return stages
+
+
+SCHEDULES = {"stagewise": stagewise, "end-to-end": end_to_end}
+
+
+def make_schedule(name: str, K: int, **kw) -> list[Stage]:
+    return SCHEDULES[choice(name, SCHEDULES, "schedule")](K, **kw)

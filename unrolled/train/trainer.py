@@ -1,0 +1,337 @@
+"""A small training loop over a schedule of stages, with resumable run directories.
+
+Run directory (every file written atomically; nothing is ever unpickled):
+
+* ``config.json``   resolved model, schedule and options; ``problem.npz`` the problem;
+* ``state.safetensors``  resume state: current and best parameters, Adam moments, the
+  batch generator's state; its JSON counters and SHA-256 live in ``progress.json``;
+* ``metrics.jsonl``  one line per validation (no wall-clock times, so a resumed run's
+  metrics are byte-identical to an uninterrupted one);
+* ``weights.safetensors``  the trained model (best validated weights), hash recorded.
+
+Fresh training batches come from a seeded generator every step; model selection uses
+the fixed validation set only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from ..errors import UsageError, check, choice
+from ..io import load_safetensors, save_safetensors, write_json
+from ..models import UnrolledNet
+from ..problem import Problem
+from .schedule import LOSSES, Stage
+
+FORMAT = "unrolled-run-v1"
+
+
+@dataclass
+class TrainOptions:
+    """Everything about training that is not the model or the schedule."""
+
+    batch: int = 512
+    loss: str = "mse"  # mse | mse-layers | lasso | semi
+    loss_lam: float = 0.1  # lambda of the Lasso objective (lasso / semi losses)
+    labelled: float = 0.1  # semi: labelled fraction of every batch
+    semi_weight: float = 1.0  # semi: weight of the supervised term
+    eval_every: int = 50
+    val_size: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choice(self.loss, LOSSES, "loss")
+        check(self.batch >= 1, f"batch={self.batch} must be >= 1")
+        check(self.eval_every >= 1, f"eval_every={self.eval_every} must be >= 1")
+        check(0 < self.labelled <= 1, f"labelled={self.labelled} must be in (0, 1]")
+
+
+def nmse_db(x_hat: Tensor, x: Tensor) -> float:
+    return 10 * math.log10(max(float(((x_hat - x) ** 2).sum() / (x * x).sum()), 1e-300))
+
+
+class Trainer:
+    """Runs ``stages`` on ``model``; with ``run_dir`` it checkpoints after every validation."""
+
+    def __init__(self, model: UnrolledNet, problem: Problem, stages: list[Stage], options: TrainOptions,
+                 run_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> None:
+        check(len(stages) > 0, "the schedule has no stage")
+        check(all(s.depth <= model.K for s in stages), f"a stage supervises a layer beyond K={model.K}")
+        self.model, self.problem, self.stages, self.opt = model, problem, stages, options
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.device, self.dtype = model.A.device, model.A.dtype
+        x, y = problem.validation(torch.float64)
+        self.x_val = x[: options.val_size].to(self.device, self.dtype)
+        self.y_val = y[: options.val_size].to(self.device, self.dtype)
+        self.params = dict(model.named_parameters())
+        self.gen = torch.Generator().manual_seed(options.seed)
+        self.c = dict(stage=0, step=0, total_steps=0, samples=0, best=math.inf, since_best=0, lr_scale=1.0,
+                      loss_sum=0.0, loss_count=0, metrics_bytes=0, nan_events=0, done=False)
+        self.best = self._snapshot()
+        self.optim: torch.optim.Optimizer | None = None
+        self.last_good: tuple[dict, dict] | None = None
+        self.seconds = 0.0
+
+    # -- losses and validation ----------------------------------------------------------------
+
+    def loss(self, stage: Stage, x: Tensor, y: Tensor) -> Tensor:
+        o = self.opt
+        if o.loss == "mse-layers":
+            outs = self.model(y, all_layers=True, depth=stage.depth)[1:]
+            return sum(((xk - x) ** 2).sum(1).mean() for xk in outs) / len(outs)
+        x_hat = self.model(y, depth=stage.depth)
+        if o.loss == "mse":
+            return ((x_hat - x) ** 2).sum(1).mean()
+        lasso = F.lasso_objective(x_hat, y, self.model.A, o.loss_lam)
+        if o.loss == "lasso":
+            return lasso.mean()
+        k = max(1, round(o.labelled * len(x)))  # semi: the first k samples carry labels
+        supervised = ((x_hat[:k] - x[:k]) ** 2).sum(1).mean()
+        return o.semi_weight * supervised + (lasso[k:].mean() if k < len(x) else 0.0)
+
+    @torch.no_grad()
+    def validate(self, stage: Stage) -> float:
+        """Validation NMSE (dB) at the stage's depth, or the mean Lasso objective when unsupervised."""
+        x_hat = self.model(self.y_val, depth=stage.depth)
+        if self.opt.loss == "lasso":
+            return float(F.lasso_objective(x_hat, self.y_val, self.model.A, self.opt.loss_lam).mean())
+        return nmse_db(x_hat.double(), self.x_val.double())
+
+    # -- optimiser ----------------------------------------------------------------------------
+
+    def _make_optim(self, stage: Stage) -> torch.optim.Optimizer:
+        groups = []
+        for layer in stage.layers:
+            ps = [p for p in self.model.layer_parameters(layer) if p.requires_grad]
+            if ps:
+                groups.append({"params": ps, "lr": stage.lr_of(layer), "base_lr": stage.lr_of(layer)})
+        check(groups, f"stage {stage.name} has no trainable parameter (model {self.model.name!r} is fixed)")
+        return torch.optim.Adam(groups)
+
+    def _set_lr(self, stage: Stage) -> None:
+        f = self.c["lr_scale"]
+        if stage.cosine:
+            f *= 0.5 * (1 + math.cos(math.pi * self.c["step"] / stage.max_steps))
+        for g in self.optim.param_groups:
+            g["lr"] = g["base_lr"] * f
+
+    def _snapshot(self) -> dict[str, Tensor]:
+        return {k: p.detach().clone() for k, p in self.params.items()}
+
+    def _restore(self, snap: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(snap[k])
+
+    def _optim_tensors(self) -> dict[str, Tensor]:
+        out = {}
+        if self.optim is None:
+            return out
+        index = {id(p): k for k, p in self.params.items()}
+        for group in self.optim.param_groups:
+            for p in group["params"]:
+                for name, v in self.optim.state.get(p, {}).items():
+                    out[f"optim/{index[id(p)]}/{name}"] = torch.as_tensor(v)
+        return out
+
+    def _load_optim_tensors(self, tensors: dict[str, Tensor]) -> None:
+        for key, v in tensors.items():
+            if key.startswith("optim/"):
+                _, pname, name = key.split("/")
+                p = self.params[pname]
+                self.optim.state[p][name] = v.to(p.device) if name != "step" else v
+        for st in self.optim.state.values():
+            if "step" in st:
+                st["step"] = st["step"].to(torch.float32)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def _write_state(self) -> None:
+        if self.run_dir is None:
+            return
+        tensors = {f"param/{k}": v for k, v in self._snapshot().items()}
+        tensors.update({f"best/{k}": v for k, v in self.best.items()})
+        tensors.update(self._optim_tensors())
+        tensors["generator"] = self.gen.get_state()
+        sha = save_safetensors(self.run_dir / "state.safetensors", tensors, {"format": FORMAT})
+        write_json(self.run_dir / "progress.json", {**self.c, "state_sha256": sha, "seconds": self.seconds})
+
+    def resume(self) -> None:
+        """Continue from ``run_dir``'s last checkpoint (exactly where it was written)."""
+        check(self.run_dir is not None, "resume needs a run directory")
+        prog_path = self.run_dir / "progress.json"
+        check(prog_path.exists(), f"{self.run_dir} has no progress.json: nothing to resume")
+        prog = json.loads(prog_path.read_text())
+        tensors = load_safetensors(self.run_dir / "state.safetensors", prog["state_sha256"])
+        self.seconds = prog.pop("seconds", 0.0)
+        prog.pop("state_sha256")
+        self.c.update(prog)
+        self._restore({k[6:]: v for k, v in tensors.items() if k.startswith("param/")})
+        self.best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
+        self.gen.set_state(tensors["generator"])
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():  # drop lines written after the checkpoint
+            with open(metrics, "r+b") as f:
+                f.truncate(self.c["metrics_bytes"])
+        if not self.c["done"]:
+            self.optim = self._make_optim(self.stages[self.c["stage"]])
+            self._load_optim_tensors(tensors)
+            self.last_good = (self._snapshot(), self._optim_state_copy())
+
+    def _append_metrics(self, row: dict) -> None:
+        if self.run_dir is None:
+            return
+        line = (json.dumps(row, sort_keys=True) + "\n").encode()
+        path = self.run_dir / "metrics.jsonl"
+        with open(path, "ab") as f:
+            f.write(line)
+        self.c["metrics_bytes"] += len(line)
+
+    def _optim_state_copy(self) -> dict:
+        return {p: {k: v.clone() for k, v in st.items()} for p, st in self.optim.state.items()}
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _rollback(self, stage: Stage, reason: str) -> None:
+        """Non-finite loss: restore the last validated state and halve the learning rate."""
+        if self.c["nan_events"] >= 50:
+            raise UsageError(f"training diverged: {reason} after 50 rollbacks; lower --lr or check the problem")
+        snap, ostate = self.last_good
+        self._restore(snap)
+        self.optim.state.clear()
+        for p, st in ostate.items():
+            self.optim.state[p] = {k: v.clone() for k, v in st.items()}
+        self.c["lr_scale"] *= 0.5
+        self.c["nan_events"] += 1
+        self._append_metrics({"event": "rollback", "reason": reason, "stage": stage.name,
+                              "step": self.c["step"], "lr_scale": self.c["lr_scale"]})
+        self.log(f"  {stage.name} step {self.c['step']}: {reason}; restored the last good state, "
+                 f"learning rate halved (x{self.c['lr_scale']:g})")
+
+    def _validate_and_checkpoint(self, stage: Stage) -> None:
+        val = self.validate(stage)
+        c = self.c
+        improved = val < c["best"]
+        if improved:
+            c["best"], c["since_best"] = val, 0
+            self.best = self._snapshot()
+        row = {"stage": stage.name, "stage_index": c["stage"], "step": c["step"], "samples": c["samples"],
+               "train_loss": c["loss_sum"] / max(c["loss_count"], 1), "val": val, "best": c["best"],
+               "lr": self.optim.param_groups[-1]["lr"]}
+        c["loss_sum"], c["loss_count"] = 0.0, 0
+        self._append_metrics(row)
+        self.last_good = (self._snapshot(), self._optim_state_copy())
+        self._write_state()
+
+    def _finish_stage(self, stage: Stage) -> None:
+        self._restore(self.best)
+        c = self.c
+        unit = "dB" if self.opt.loss != "lasso" else "(Lasso objective)"
+        self.log(f"stage {c['stage'] + 1}/{len(self.stages)} {stage.name}: {c['step']} steps, "
+                 f"best validation {c['best']:.2f} {unit} at layer {stage.depth}, {c['samples']:,} samples, "
+                 f"{self.seconds:.0f} s")
+        c.update(stage=c["stage"] + 1, step=0, best=math.inf, since_best=0, lr_scale=1.0)
+        self.optim = None
+
+    def run(self) -> None:
+        """Train through every remaining stage."""
+        c, o = self.c, self.opt
+        while c["stage"] < len(self.stages):
+            stage = self.stages[c["stage"]]
+            start = time.perf_counter()
+            if self.optim is None:
+                self.optim = self._make_optim(stage)
+                c["best"] = self.validate(stage)  # the incoming weights are the first candidate
+                self.best = self._snapshot()
+                self.last_good = (self._snapshot(), self._optim_state_copy())
+            while c["step"] < stage.max_steps and c["since_best"] < stage.patience:
+                self._set_lr(stage)
+                x, y = self.problem.sample(o.batch, self.gen, torch.float64)
+                x, y = x.to(self.device, self.dtype), y.to(self.device, self.dtype)
+                loss = self.loss(stage, x, y)
+                if not torch.isfinite(loss):
+                    self._rollback(stage, "non-finite loss")
+                    continue
+                self.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.optim.param_groups for p in g["params"]]
+                if stage.clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, stage.clip)
+                else:
+                    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+                if not torch.isfinite(norm):
+                    self._rollback(stage, "non-finite gradient")
+                    continue
+                self.optim.step()
+                c["step"] += 1
+                c["total_steps"] += 1
+                c["samples"] += o.batch
+                c["since_best"] += 1
+                c["loss_sum"] += float(loss.detach())
+                c["loss_count"] += 1
+                if c["step"] % o.eval_every == 0 or c["step"] == stage.max_steps:
+                    self.seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self._validate_and_checkpoint(stage)
+            self.seconds += time.perf_counter() - start
+            self._finish_stage(stage)
+        c["done"] = True
+        self._write_state()
+
+
+# -- run directories -----------------------------------------------------------------------------
+
+
+def save_weights(model: UnrolledNet, path: Path) -> str:
+    meta = {"format": "unrolled-weights-v1", "model": model.name,
+            "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True)}
+    return save_safetensors(path, dict(model.state_dict()), meta)
+
+
+def load_weights(model: UnrolledNet, path: Path, sha256: str | None) -> None:
+    state = load_safetensors(path, sha256)
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    check(not missing and not extra, f"{path} does not fit model {model.name!r} (missing {missing[:3]}, "
+                                     f"unexpected {extra[:3]})")
+    for k, v in state.items():
+        check(v.shape == own[k].shape, f"{path}: tensor {k} has shape {tuple(v.shape)}, "
+                                       f"model expects {tuple(own[k].shape)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def write_run_config(run_dir: Path, config: dict) -> None:
+    write_json(run_dir / "config.json", {"format": FORMAT, **config})
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    check(path.exists(), f"{run_dir} is not a run directory (no config.json)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path} is not valid JSON: {e}") from None
+    check(cfg.get("format") == FORMAT, f"{path} has format {cfg.get('format')!r}, expected {FORMAT}")
+    return cfg
+
+
+def finish_run(trainer: Trainer) -> None:
+    """Write the trained weights and record their hash."""
+    d = trainer.run_dir
+    sha = save_weights(trainer.model, d / "weights.safetensors")
+    write_json(d / "result.json", {"weights_sha256": sha, "samples": trainer.c["samples"],
+                                   "steps": trainer.c["total_steps"], "seconds": trainer.seconds,
+                                   "nan_events": trainer.c["nan_events"], "device": str(trainer.device)})
+
