@@ -118,10 +118,15 @@ def load_signals(path: str | Path, n: int) -> np.ndarray:
 
 
 def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Write tensors atomically (shared storage is cloned) and return the file's SHA-256."""
+    """Write tensors atomically (shared storage is cloned) and return the file's SHA-256.
+
+    The metadata travels as one JSON string under the key ``unrolled``: safetensors orders
+    several keys at random, and the same content must give the same bytes.
+    """
     from safetensors.torch import save
 
-    data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=metadata)
+    meta = {"unrolled": json.dumps(metadata, sort_keys=True)}
+    data = save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, metadata=meta)
     atomic_write(path, lambda f: f.write(data))
     return hashlib.sha256(data).hexdigest()
 

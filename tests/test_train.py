@@ -1,0 +1,204 @@
+"""Trainer: schedules, known optimum, best-weight restore, bit-identical resume, NaN rollback, tampering."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from unrolled import Problem, ProblemSpec, UsageError
+from unrolled.cli import main
+from unrolled.models import Config, UnrolledNet, build
+from unrolled.train import Stage, TrainOptions, Trainer, end_to_end, finish_run, load_weights, stagewise
+
+
+@dataclass
+class ScaleConfig(Config):
+    c0: float = 0.3
+
+
+class Scale(UnrolledNet):
+    """Test model with one parameter: ``x = c A^T y`` (K = 1)."""
+
+    name = "scale"
+    Config = ScaleConfig
+
+    def __init__(self, problem, config):
+        super().__init__(problem, config)
+        self.c = nn.Parameter(torch.tensor(config.c0, dtype=torch.float64))
+
+    def step(self, t, x, y, ctx):
+        return self.c * (y @ self.A)
+
+
+def orthogonal_problem(n: int = 17, seed: int = 0) -> Problem:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return Problem(ProblemSpec(m=n, n=n, p=0.3, val_size=200, test_size=200, seed=seed), A=q)
+
+
+def small_problem(snr: float = 40.0) -> Problem:
+    return Problem(ProblemSpec(m=23, n=41, p=0.15, snr=snr, val_size=300, test_size=500, seed=3))
+
+
+def test_one_parameter_model_learns_known_optimum():
+    # Orthogonal A, no noise: A^T y = x exactly, so the MSE optimum is c = 1.
+    problem = orthogonal_problem()
+    model = Scale(problem, ScaleConfig(K=1)).to(torch.float64)
+    stages = [Stage("fit", (1,), 1, lr=0.05, max_steps=300, patience=10**9)]
+    Trainer(model, problem, stages, TrainOptions(batch=64, eval_every=25, val_size=200)).run()
+    assert abs(float(model.c) - 1.0) < 1e-3
+
+
+def test_stagewise_order_and_learning_rates():
+    K, lr = 4, 5e-4
+    stages = stagewise(K, lr=lr, samples=K * 512 * 100, batch=512, decay=0.3)
+    assert len(stages) == 3 * K
+    for t in range(1, K + 1):
+        new, all_, fine = stages[3 * (t - 1): 3 * t]
+        assert new.layers == (t,) and new.depth == t and new.lr == lr
+        assert all_.layers == fine.layers == tuple(range(1, t + 1))
+        assert math.isclose(all_.lr, lr * 0.2) and math.isclose(fine.lr, lr * 0.02)
+        # A true learning-rate decay: layer l trains at lr * 0.3^(t - l).
+        assert math.isclose(all_.lr_of(1), lr * 0.2 * 0.3 ** (t - 1))
+        assert math.isclose(all_.lr_of(t), lr * 0.2)
+    e2e = end_to_end(K, lr=1e-3, samples=512 * 100, batch=512, fine=(0.1,))
+    assert e2e[0].layers == tuple(range(1, K + 1)) and e2e[0].depth == K and e2e[0].clip == 1.0
+    assert e2e[1].lr == pytest.approx(1e-4)
+
+
+def test_optimiser_groups_use_per_layer_learning_rates():
+    problem = small_problem()
+    model = build("alista", problem, dict(K=3), torch.float64)
+    stage = stagewise(3, lr=1e-3, samples=3 * 512 * 10)[7]  # layer 3, all layers at lr * 0.2
+    trainer = Trainer(model, problem, [stage], TrainOptions(val_size=100))
+    opt = trainer._make_optim(stage)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs == pytest.approx([1e-3 * 0.2 * 0.3**2, 1e-3 * 0.2 * 0.3, 1e-3 * 0.2])
+
+
+def test_best_validation_weights_are_restored():
+    problem = small_problem()
+    model = build("alista", problem, dict(K=3), torch.float64)
+    # A learning rate far too large: later steps get worse, the stage must end on its best.
+    stage = Stage("big", (1, 2, 3), 3, lr=0.5, max_steps=40, patience=10**9)
+    trainer = Trainer(model, problem, [stage], TrainOptions(batch=32, eval_every=5, val_size=300))
+    seen = []
+    validate = trainer.validate
+    trainer.validate = lambda s: seen.append(validate(s)) or seen[-1]
+    trainer.run()
+    assert seen[-1] > min(seen) + 0.1, "the test needs a stage that ends worse than its best"
+    assert validate(stage) == pytest.approx(min(seen), abs=1e-12)
+
+
+def _train_args(problem_path: Path, out: Path, extra: list[str] = ()) -> list[str]:
+    return ["train", str(problem_path), "--model", "alista", "--layers", "4", "--out", str(out),
+            "--schedule", "stagewise", "--budget-samples", str(4 * 64 * 30), "--batch", "64", "--eval-every", "5",
+            "--seed", "7", *extra]
+
+
+@pytest.fixture
+def problem_file(tmp_path):
+    return small_problem().save(tmp_path / "p.npz")
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path, problem_file):
+    ref = tmp_path / "ref"
+    assert main(_train_args(problem_file, ref)) == 0
+    # Kill a second identical run with SIGKILL part-way, then resume it.
+    run = tmp_path / "run"
+    code = f"import sys; from unrolled.cli import main; sys.exit(main({_train_args(problem_file, run)!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # wait until a few stages have been checkpointed
+        if line.startswith("stage 4/"):
+            proc.kill()
+            break
+    proc.wait()
+    assert not (run / "result.json").exists(), "the run finished before it was killed"
+    assert main(["train", "--resume", str(run)]) == 0
+    a = (ref / "weights.safetensors").read_bytes()
+    b = (run / "weights.safetensors").read_bytes()
+    assert a == b
+    assert (ref / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+
+
+def test_nan_loss_rolls_back_and_halves_learning_rate(monkeypatch):
+    problem = small_problem()
+    model = build("alista", problem, dict(K=3), torch.float64)
+    stage = Stage("e2e", (1, 2, 3), 3, lr=1e-3, max_steps=30, patience=10**9)
+    trainer = Trainer(model, problem, [stage], TrainOptions(batch=32, eval_every=5, val_size=100))
+    sample, calls = problem.sample, {"n": 0}
+
+    def poisoned(*args, **kw):
+        x, y = sample(*args, **kw)
+        calls["n"] += 1
+        return (x, y * float("nan")) if calls["n"] == 12 else (x, y)
+
+    monkeypatch.setattr(problem, "sample", poisoned)
+    logs = []
+    trainer.log = logs.append
+    trainer.run()
+    assert trainer.c["nan_events"] == 1
+    assert any("learning rate halved" in m for m in logs)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert trainer.c["total_steps"] == 30  # the poisoned batch was skipped, training went on
+
+
+def test_tampered_weights_are_refused(tmp_path, problem_file, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(problem_file, run)) == 0
+    w = run / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside a tensor
+    w.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--test-size", "50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checksum" in err
+
+
+def test_cli_train_eval_round_trip(tmp_path, problem_file, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(problem_file, run)) == 0
+    assert main(["eval", str(run), "--test-size", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "alista" in out and "ista" in out and "oracle" in out
+    rows = (run / "eval.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[:3] == ["method", "layer", "nmse_db"]
+    methods = {r.split(",")[0] for r in rows[1:]}
+    assert {"alista", "ista", "fista", "oracle-ls"} <= methods
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "alista" and len(cfg["stages"]) == 12
+    # trained beats untrained at the same depth on the test set
+    res = {r.split(",")[0]: float(r.split(",")[2]) for r in rows[1:] if r.split(",")[1] == "4"}
+    assert res["alista"] < res["ista"]
+
+
+def test_existing_run_is_not_overwritten(tmp_path, problem_file, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(problem_file, run)) == 0
+    capsys.readouterr()
+    assert main(_train_args(problem_file, run)) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_load_weights_checks_shapes(tmp_path):
+    problem = small_problem()
+    model = build("alista", problem, dict(K=3), torch.float64)
+    trainer = Trainer(model, problem, end_to_end(3, samples=64 * 3, batch=64, fine=()), TrainOptions(batch=64),
+                      tmp_path / "r")
+    (tmp_path / "r").mkdir()
+    trainer.run()
+    finish_run(trainer)
+    other = build("alista", problem, dict(K=4), torch.float64)
+    sha = json.loads((tmp_path / "r" / "result.json").read_text())["weights_sha256"]
+    with pytest.raises(UsageError, match="does not fit"):
+        load_weights(other, tmp_path / "r" / "weights.safetensors", sha)
