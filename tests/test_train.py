@@ -17,7 +17,7 @@ from torch import nn
 from unrolled import Problem, ProblemSpec, UsageError
 from unrolled.cli import main
 from unrolled.models import Config, UnrolledNet, build
-from unrolled.train import Stage, TrainOptions, Trainer, end_to_end, finish_run, load_weights, stagewise
+from unrolled.train import Stage, Trainer, TrainOptions, end_to_end, finish_run, load_weights, stagewise
 
 
 @dataclass

@@ -15,8 +15,33 @@ from torch import Tensor
 SUPPORT_MODES = ("none", "percentage", "count")
 
 
+def _scalar(v: Tensor | float) -> float | None:
+    """``v`` as a Python float if it is one number held on the CPU, else ``None``."""
+    if isinstance(v, Tensor):
+        return float(v.detach()) if v.dim() == 0 and v.device.type == "cpu" else None
+    return float(v)
+
+
+def _fits(out: Tensor, other: Tensor | float) -> bool:
+    """Whether ``out op= other`` gives the same tensor as ``out op other`` (shape and dtype kept)."""
+    if not isinstance(other, Tensor):
+        return True
+    return (torch.broadcast_shapes(out.shape, other.shape) == out.shape
+            and torch.result_type(out, other) == out.dtype)
+
+
 def soft_threshold(z: Tensor, theta: Tensor | float) -> Tensor:
-    """``eta_theta(z) = sign(z) max(|z| - theta, 0)``, computed as ``z - clamp(z, -theta, theta)``."""
+    """``eta_theta(z) = sign(z) max(|z| - theta, 0)``, computed as ``z - clamp(z, -theta, theta)``.
+
+    Without autograd a scalar ``theta >= 0`` takes the fused ``softshrink`` kernel and a
+    tensor ``theta`` reuses its buffer; both give the same bits as the formula.
+    """
+    if not torch.is_grad_enabled():
+        th = _scalar(theta)
+        if th is not None and th >= 0:
+            return torch.nn.functional.softshrink(z, th)
+        clipped = torch.clamp(z, -theta, theta) if isinstance(theta, Tensor) else z.clamp(-theta, theta)
+        return torch.sub(z, clipped, out=clipped) if _fits(clipped, z) else z - clipped
     if isinstance(theta, Tensor):
         return z - torch.clamp(z, -theta, theta)
     return z - z.clamp(-theta, theta)
@@ -53,12 +78,12 @@ def support_mask(z: Tensor, keep: int, theta: Tensor | float | None = None) -> T
         if keep <= 0:
             return torch.zeros_like(z, dtype=torch.bool)
         # The (keep+1)-th largest is the percentile / p_k-th value; 'strictly above' it.
-        k = min(keep + 1, z.shape[-1])
-        cut = a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        mask = a > cut if keep < z.shape[-1] else torch.ones_like(a, dtype=torch.bool)
-        if theta is not None:
-            mask &= a > theta
-        return mask
+        if keep >= z.shape[-1]:
+            return a > theta if theta is not None else torch.ones_like(a, dtype=torch.bool)
+        cut = a.topk(keep + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        if theta is not None:  # (a > cut) & (a > theta) in one pass
+            cut = torch.maximum(cut, theta) if isinstance(theta, Tensor) else cut.clamp_(min=theta)
+        return a > cut
 
 
 def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = True) -> Tensor:
@@ -71,12 +96,25 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
         return soft_threshold(z, theta)
     mask = support_mask(z, keep, theta if with_theta else None)
     clipped = torch.clamp(z, -theta, theta) if isinstance(theta, Tensor) else z.clamp(-theta, theta)
+    if not torch.is_grad_enabled() and _fits(clipped, z):
+        # Same bits as below (z - 0 = z on the mask); multiplying is faster than masked_fill or where.
+        return torch.sub(z, clipped.mul_(~mask), out=clipped)
     return z - clipped.masked_fill(mask, 0.0)
 
 
 def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float) -> Tensor:
-    """``x + gamma W^T (y - A x)`` in row form: ``x + gamma (y - x A^T) W``."""
-    return x + gamma * ((y - x @ A.T) @ W)
+    """``x + gamma W^T (y - A x)`` in row form: ``x + gamma (y - x A^T) W``.
+
+    Without autograd the intermediate buffers are reused (same operations, same bits).
+    """
+    if torch.is_grad_enabled():
+        return x + gamma * ((y - x @ A.T) @ W)
+    r = x @ A.T
+    r = torch.sub(y, r, out=r) if _fits(r, y) else y - r
+    d = r @ W
+    if _fits(d, gamma) and _fits(d, x):
+        return d.mul_(gamma).add_(x)
+    return x + gamma * d
 
 
 def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, theta: Tensor | float,

@@ -1,0 +1,193 @@
+"""Forward throughput of every registered model next to the machine's matmul ceiling.
+
+Setting (defaults): K = 16, a 250 x 500 problem (p = 0.1, 40 dB), 10,000 test vectors,
+float32, ``torch.inference_mode``; each model runs once to warm up, then the best of 3
+wall-clock times counts.
+
+FLOP counting (analytic, per forward pass; a multiply-add is 2 FLOPs; only matrix
+products are counted — thresholds, support selection and other element-wise work are
+the overhead this benchmark exposes):
+
+* gradient-step models (ista, fista, alista, alista-at, aglista, lista-cp, lista-cpss,
+  tilista, slista): ``K * 2 * (2 m n)`` — ``x A^T`` and ``r W`` per layer;
+* na-alista: the same plus, per layer, the LSTM cell ``2 * 4H (inputs + H)`` and the head
+  (``2 * 2H`` for "paper", ``2 (H^2 + 2H)`` for "reference");
+* lista: ``2 m n`` once (``y B^T``) plus ``K * 2 n^2``;
+* lfista: ``2 m n`` once plus ``K * 2 * (2 n^2)`` (``W_g`` and ``W_m``);
+* lwa, dense-lista: ``2 m n`` once plus ``K * 2 n^2``, plus ``2 n^2`` per extra connection
+  with momentum injection;
+* any other model: not counted (``n/a``), samples/s only.
+
+The ceiling is the same two products as one ALISTA layer, ``(batch x n) @ (n x m)`` and
+``(batch x m) @ (m x n)``, timed the same way: ``ceiling = 2 * 2 batch m n / (t1 + t2)``,
+measured before and after the models (the better one counts: the machine may be shared).
+
+Usage::
+
+    python benchmarks/bench_forward.py [--device cpu|cuda] [--models NAME[:KEY=VALUE...] ...]
+                                       [--batch 10000] [--threads N] [--out benchmarks/results/forward_cpu.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from unrolled.io import write_text
+from unrolled.models import MODELS, build
+from unrolled.models.design_space import extra_connections
+from unrolled.problem import Problem, ProblemSpec
+
+GRADIENT_STEP = {"ista", "fista", "alista", "alista-at", "aglista", "lista-cp", "lista-cpss", "tilista", "slista"}
+
+
+def matmul_flops(model, batch: int) -> float | None:
+    """Matrix-product FLOPs of one forward pass (see the module docstring), or None if unknown."""
+    m, n, K, name = model.m, model.n, model.K, model.name
+    if name in GRADIENT_STEP:
+        per = K * 4 * m * n
+    elif name == "na-alista":
+        c = model.config
+        n_in = 2 if c.inputs == "both" else 1
+        head = 4 * c.H if c.head == "paper" else 2 * (c.H * c.H + 2 * c.H)
+        per = K * (4 * m * n + 8 * c.H * (n_in + c.H) + head)
+    elif name == "lista":
+        per = 2 * m * n + K * 2 * n * n
+    elif name == "lfista":
+        per = 2 * m * n + K * 4 * n * n
+    elif name in ("lwa", "dense-lista"):
+        extra = extra_connections(model.config.gates) if model.config.injection == "momentum" else 0
+        per = 2 * m * n + (K + extra) * 2 * n * n
+    else:
+        return None
+    return float(per) * batch
+
+
+def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Best wall-clock seconds of ``repeats`` runs after one warm-up run."""
+
+    def run() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    run()
+    return min(run() for _ in range(repeats))
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``name[:key=value...]`` -> ``(name, overrides)``."""
+    name, *pairs = spec.split(":")
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: model option {pair!r} in {spec!r} must be KEY=VALUE")
+        overrides[key] = value
+    return name, overrides
+
+
+def machine() -> str:
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor()} x{len(names) or '?'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--models", nargs="+", default=sorted(MODELS), metavar="NAME[:KEY=VALUE...]",
+                    help="registered names, optionally with config overrides (default: all registered)")
+    ap.add_argument("--batch", type=int, default=10000)
+    ap.add_argument("--K", type=int, default=16)
+    ap.add_argument("--m", type=int, default=250)
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's choice)")
+    ap.add_argument("--out", default="benchmarks/results/forward_cpu.csv")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
+    dtype = getattr(torch, args.dtype)
+    specs = [parse_spec(s) for s in args.models]
+    unknown = [name for name, _ in specs if name not in MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}; valid: {', '.join(sorted(MODELS))}")
+
+    problem = Problem(ProblemSpec(m=args.m, n=args.n, p=0.1, snr=40.0, seed=0))
+    _, y = problem.test(args.batch, dtype=dtype)
+    y = y.to(device)
+    B, m, n = args.batch, args.m, args.n
+    A = problem.A.to(device, dtype)
+    X = torch.randn(B, n, generator=torch.Generator().manual_seed(0), dtype=dtype).to(device)
+    R = torch.randn(B, m, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+
+    def ceiling_time() -> float:
+        with torch.inference_mode():
+            return best_time(lambda: X @ A.T, device, args.repeats) + best_time(lambda: R @ A, device, args.repeats)
+
+    t_before = ceiling_time()
+    threads = torch.get_num_threads() if device.type == "cpu" else 0
+    meta = {"device": str(device), "dtype": args.dtype, "batch": B, "K": args.K, "m": m, "n": n,
+            "threads": threads, "torch": torch.__version__, "machine": machine(),
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
+    rows = []
+
+    for name, overrides in specs:
+        model = build(name, problem, {"K": args.K, **overrides}, dtype).to(device).eval()
+        with torch.inference_mode():
+            seconds = best_time(lambda model=model: model(y), device, args.repeats)
+        flops = matmul_flops(model, B)
+        gflops = flops / seconds / 1e9 if flops is not None else float("nan")
+        rows.append({"model": name, "config": ":".join(f"{k}={v}" for k, v in overrides.items()),
+                     "seconds": seconds, "samples_per_s": B / seconds,
+                     "gflop": flops / 1e9 if flops is not None else float("nan"), "gflops": gflops, **meta})
+        del model
+
+    # The machine may be shared: the ceiling is the better of a measurement before and after the models.
+    t_ceiling = min(t_before, ceiling_time())
+    ceiling = 4 * B * m * n / t_ceiling / 1e9
+    rows.insert(0, {"model": "matmul-ceiling", "config": "", "seconds": t_ceiling, "samples_per_s": "",
+                    "gflop": 4 * B * m * n / 1e9, "gflops": ceiling, **meta})
+    for r in rows:
+        r["pct_of_ceiling"] = 100 * r["gflops"] / ceiling
+
+    print(f"device {device} ({meta['machine']}, {threads} threads), {args.dtype}, batch {B}, K {args.K}, {m}x{n}; "
+          f"best of {args.repeats} after a warm-up; load average {meta['load_avg_1min']:.2f} at the start")
+    print(f"{'model':<28} {'seconds':>8} {'samples/s':>10} {'GFLOP':>7} {'GFLOP/s':>8} {'% ceiling':>9}")
+    for r in rows:
+        label = r["model"] + (f" [{r['config']}]" if r["config"] else "")
+        sps = f"{r['samples_per_s']:10.0f}" if r["samples_per_s"] != "" else f"{'':>10}"
+        print(f"{label:<28} {r['seconds']:8.3f} {sps} {r['gflop']:7.1f} {r['gflops']:8.1f} {r['pct_of_ceiling']:8.0f}%")
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(args.out, buf.getvalue())
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Training throughput: ms per Adam step and effective GFLOP/s next to the matmul ceiling.
+
+    python benchmarks/bench_train.py [--models alista,na-alista,lista] [--batch 512] [--device cpu]
+
+Flop count per step (float32, batch B, K layers, A: m x n): every layer's matrix products
+are counted as ``2 B * (inner) * (outer)``; the backward pass of a product costs twice its
+forward when the weight is trained (gradients for input and weight) and once when only the
+input needs a gradient (A and analytic W are fixed buffers). Element-wise work (threshold,
+top-k, LSTM on 2 inputs) is not counted, so the figure is a lower bound on the work done.
+The ceiling is the best of a (B x m) @ (m x n) and (B x n) @ (n x m) product timed the
+same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from unrolled import Problem, ProblemSpec
+from unrolled.io import write_text
+from unrolled.models import build
+
+
+def step_flops(name: str, B: int, m: int, n: int, K: int) -> float:
+    """Forward + backward matmul flops of one training step (see module docstring)."""
+    mn = 2 * B * m * n
+    if name in ("alista", "alista-at", "aglista", "na-alista", "slista"):
+        return K * (2 * mn) * 2  # two products per layer, each: forward + input-gradient
+    if name in ("lista",):  # B y once (trained), W_t x per layer (trained, n x n)
+        return mn * 3 + K * (2 * B * n * n) * 3
+    if name in ("lista-cp", "lista-cpss", "tilista"):  # A x fixed, W_t r trained
+        return K * (mn * 2 + mn * 3)
+    return K * (2 * mn) * 2
+
+
+def timed(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def ceiling(B: int, m: int, n: int, device: torch.device) -> float:
+    a, b = torch.randn(B, m, device=device), torch.randn(m, n, device=device)
+    c, d = torch.randn(B, n, device=device), torch.randn(n, m, device=device)
+
+    def run():
+        for _ in range(10):
+            a @ b
+            c @ d
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return 10 * 2 * (2 * B * m * n) / timed(run, 5) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="alista,na-alista,lista")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default="benchmarks/results/train_cpu.json")
+    a = ap.parse_args()
+    dev = torch.device(a.device)
+    problem = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=40, seed=0))
+    m, n, B, K = problem.m, problem.n, a.batch, a.layers
+    peak = ceiling(B, m, n, dev)
+    g = torch.Generator().manual_seed(0)
+    x, y = problem.sample(B, g)
+    x, y = x.to(dev), y.to(dev)
+    rows = []
+    for name in a.models.split(","):
+        model = build(name, problem, {"K": K}).to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+        def steps(model=model, opt=opt):
+            for _ in range(a.steps):
+                opt.zero_grad(set_to_none=True)
+                loss = ((model(y) - x) ** 2).sum(1).mean()
+                loss.backward()
+                opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        sec = timed(steps, 3) / a.steps
+        gflops = step_flops(name, B, m, n, K) / sec / 1e9
+        rows.append(dict(model=name, ms_per_step=1e3 * sec, gflops=gflops, ceiling_gflops=peak,
+                         fraction=gflops / peak, batch=B, K=K, m=m, n=n, device=str(dev),
+                         threads=torch.get_num_threads(), torch=torch.__version__, cpu=platform.processor()))
+    print(f"training step, batch {B}, K={K}, {m}x{n}, float32, {dev} ({torch.get_num_threads()} threads); "
+          f"matmul ceiling {peak:.1f} GFLOP/s")
+    print(f"{'model':<12}{'ms/step':>10}{'GFLOP/s':>10}{'of ceiling':>12}")
+    for r in rows:
+        print(f"{r['model']:<12}{r['ms_per_step']:>10.1f}{r['gflops']:>10.1f}{100 * r['fraction']:>11.0f}%")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(a.out, json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

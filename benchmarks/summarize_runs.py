@@ -1,0 +1,81 @@
+"""Summarise trained runs from their ``eval.csv`` tables: final-layer NMSE, baselines, oracle gap.
+
+    python benchmarks/summarize_runs.py RUN [RUN ...] [--out table.md]
+
+Reads only the tables written by ``unrolled eval`` (plus ``config.json``/``result.json``
+for the training budget); prints a markdown table with the published number (SPEC §10,
+NA-ALISTA reference logs) where one exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+from unrolled.io import write_text
+
+# SPEC §10: (snr, n) -> model -> published NMSE (dB) at K = 16, M = 250, s = 50.
+_MODELS = ("ista", "fista", "alista", "alista-at", "aglista", "na-alista")
+PUBLISHED = {key: dict(zip(_MODELS, vals, strict=True)) for key, vals in {
+    (40, 500): (-5.8, -7.6, -39.1, -42.0, -41.4, -42.2),
+    (40, 1000): (-3.9, -6.7, -33.6, -34.5, -35.5, -39.1),
+    (40, 2000): (-2.3, -4.5, -25.2, -26.1, -25.6, -32.5),
+    (20, 500): (-5.7, -7.6, -21.1, -21.8, -21.4, -21.6),
+    (20, 1000): (-3.9, -6.6, -20.6, -20.7, -20.9, -21.3),
+    (20, 2000): (-2.3, -4.4, -17.8, -17.9, -17.7, -20.2),
+}.items()}
+
+
+def summarize(run: Path) -> dict:
+    rows = list(csv.DictReader(open(run / "eval.csv", newline="")))
+    cfg = json.loads((run / "config.json").read_text())
+    res = json.loads((run / "result.json").read_text())
+    spec = cfg["problem"]["spec"]
+    model = cfg["model"]
+    K = cfg["model_config"]["K"]
+    final = {r["method"]: float(r["nmse_db"]) for r in rows if r["layer"] in ("", str(K))}
+    snr = spec["snr"]
+    key = (int(snr), spec["n"]) if not math.isinf(float(snr)) else None
+    pub = PUBLISHED.get(key, {}).get(model)
+    oracle = final.get("oracle-ls")
+    return dict(run=str(run), model=model, m=spec["m"], n=spec["n"], snr=snr, K=K, samples=res["samples"],
+                seconds=res["seconds"], device=res["device"], schedule=cfg["schedule"], ours=final[model],
+                ista=final.get("ista"), fista=final.get("fista"), oracle=oracle, published=pub,
+                config=" ".join(f"{k}={v}" for k, v in cfg["model_config"].items() if k in ("ss", "head", "H")),
+                lr=cfg["stages"][0]["lr"], test_size=int(rows[0].get("test_size", 0) or 0))
+
+
+def fmt(v, spec=".1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def markdown(items: list[dict]) -> str:
+    head = ("| model | m×n | SNR | K | ours (dB) | published | ISTA | FISTA | oracle | gap to oracle | "
+            "samples | wall (s) | device | schedule, lr, config |")
+    lines = [head, "|" + "---|" * 14]
+    for d in items:
+        gap = None if d["oracle"] is None else d["ours"] - d["oracle"]
+        lines.append(f"| {d['model']} | {d['m']}×{d['n']} | {d['snr']} | {d['K']} | **{d['ours']:.2f}** | "
+                     f"{fmt(d['published'])} | {fmt(d['ista'])} | {fmt(d['fista'])} | {fmt(d['oracle'], '.2f')} | "
+                     f"{fmt(gap, '.2f')} | {d['samples']:,} | {d['seconds']:.0f} | {d['device']} | "
+                     f"{d['schedule']}, {d['lr']:g}, {d['config']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    items = [summarize(r) for r in a.runs if (r / "eval.csv").exists()]
+    text = markdown(items)
+    print(text)
+    if a.out:
+        write_text(a.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()

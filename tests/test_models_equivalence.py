@@ -1,0 +1,179 @@
+"""Learned models at initialisation equal their classical algorithms (STYLE rule 1).
+
+float64 throughout, odd sizes 31 x 37; iterates are O(1), so ``ATOL = 1e-12`` (absolute,
+about 10^4 float64 epsilons) bounds rounding differences from reordered arithmetic while
+any modelling difference (a wrong step, threshold or momentum index) shows at 1e-3 or more.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unrolled import functional as F
+from unrolled import solvers
+from unrolled.models import build
+from unrolled.models.design_space import dense_gates, extra_connections, lfista_gates, lista_gates
+from unrolled.problem import Problem, ProblemSpec
+
+K = 6
+LAM = 0.1  # small enough that every layer keeps many non-zeros (a stronger test than lam = 0.4)
+ATOL = 1e-12
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def problem() -> Problem:
+    return Problem(ProblemSpec(m=31, n=37, p=0.1, snr=40.0, seed=7))
+
+
+@pytest.fixture(scope="module")
+def y(problem):
+    return problem.sample(9, torch.Generator().manual_seed(2), F64)[1]
+
+
+def assert_iterates(model, y, reference) -> None:
+    outs = model(y, all_layers=True)
+    ref = list(reference)
+    assert len(outs) == len(ref)
+    for t, (a, b) in enumerate(zip(outs, ref)):
+        err = float((a - b).detach().abs().max())
+        assert err <= ATOL, f"layer {t}: max |difference| {err:.3g} > {ATOL}"
+    assert float(ref[-1].detach().abs().sum()) > 0, "degenerate test: the reference iterate is zero"
+
+
+def ista(problem, y, L):
+    return solvers.ista(problem.A, y, LAM, K, L=L)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lista_at_init_is_ista_with_scale(tied, problem, y):
+    model = build("lista", problem, {"K": K, "lam": LAM, "tied": tied}, F64)
+    assert model.scale == pytest.approx(1.001 * problem.L)
+    assert_iterates(model, y, ista(problem, y, model.scale))
+
+
+def test_alista_with_scaled_A_is_ista(problem, y):
+    model = build("alista", problem, {"K": K, "lam": LAM, "ss": "none"}, F64)
+    model.W.copy_(problem.A / model.scale)
+    assert_iterates(model, y, ista(problem, y, model.scale))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lista_cp_at_init_is_ista_with_scale(tied, problem, y):
+    model = build("lista-cp", problem, {"K": K, "lam": LAM, "tied": tied}, F64)
+    assert_iterates(model, y, ista(problem, y, model.scale))
+
+
+def test_tilista_at_init_is_ista_with_scale(problem, y):
+    model = build("tilista", problem, {"K": K, "lam": LAM, "ss": "none"}, F64)
+    assert_iterates(model, y, ista(problem, y, model.scale))
+
+
+def test_lista_cpss_and_tilista_agree_at_init(problem, y):
+    """Both are the ISTA step with percentage support selection before training."""
+    cfg = {"K": K, "lam": LAM, "ss_p": 5.0, "ss_pmax": 20.0}
+    a = build("lista-cpss", problem, cfg, F64)
+    b = build("tilista", problem, cfg, F64)
+    assert a.config.ss == b.config.ss == "percentage" and sum(a.keep) > 0
+    assert_iterates(a, y, b(y, all_layers=True))
+
+
+def test_slista_with_steps_one_over_L_is_ista(problem, y):
+    model = build("slista", problem, {"K": K, "lam": LAM}, F64)
+    assert all(float(p.s.detach()) == 1 / problem.L for p in model.layers)
+    assert_iterates(model, y, ista(problem, y, None))
+
+
+def test_lfista_at_init_is_fista(problem, y):
+    model = build("lfista", problem, {"K": K, "lam": LAM}, F64)
+    assert_iterates(model, y, solvers.fista(problem.A, y, LAM, K))
+
+
+def test_lfista_differs_from_ista():
+    """Guard against a momentum that is silently zero: FISTA and ISTA part after two steps."""
+    p = Problem(ProblemSpec(m=31, n=37, seed=7))
+    y = p.sample(9, torch.Generator().manual_seed(2), F64)[1]
+    a = build("lfista", p, {"K": K, "lam": LAM}, F64)(y)
+    assert float((a - solvers.final(solvers.ista(p.A, y, LAM, K))).detach().abs().max()) > 1e-3
+
+
+def test_lwa_at_init_is_ista(problem, y):
+    model = build("lwa", problem, {"K": K, "lam": LAM}, F64)
+    assert_iterates(model, y, ista(problem, y, None))
+
+
+def test_lwa_without_extra_gates_is_tied_lista(problem, y):
+    """Same weights in both parametrisations give the same network (lwa uses L, lista scale)."""
+    lwa = build("lwa", problem, {"K": K, "lam": LAM, "gates": lista_gates(K)}, F64)
+    lista = build("lista", problem, {"K": K, "lam": LAM, "tied": True}, F64)
+    with torch.no_grad():
+        lista.B.copy_(lwa.Wb)
+        lista.W.copy_(lwa.Wx)
+        for a, b in zip(lista.layers, lwa.layers):
+            a.theta.copy_(b.theta)
+    assert_iterates(lwa, y, lista(y, all_layers=True))
+
+
+def test_lwa_with_fista_pattern_and_momentum_weights_is_fista(problem, y):
+    """x~^(k) = (1 + m_k) x^(k) - m_k x^(k-1) with FISTA's m_k turns the LFISTA pattern into FISTA."""
+    model = build("lwa", problem, {"K": K, "lam": LAM, "gates": lfista_gates(K)}, F64)
+    s = 1.0
+    with torch.no_grad():
+        for k, p in enumerate(model.layers):
+            s, m = F.fista_momentum(s)
+            p.c[-1] = 1 + m
+            if k >= 2:
+                p.c[0] = -m  # sources of row k are [k - 1, k]; row 1's x^(0) = 0 link is absent
+    assert_iterates(model, y, solvers.fista(problem.A, y, LAM, K))
+
+
+@pytest.mark.parametrize("injection", ["lwa", "naive", "momentum"])
+def test_injections_start_as_ista_or_average(injection, problem, y):
+    """With the dense pattern, lwa (c = e_k) and momentum (W_j = 0) start as ISTA; naive does not."""
+    model = build("dense-lista", problem, {"K": K, "lam": LAM, "injection": injection}, F64)
+    if injection == "naive":
+        ref = ista(problem, y, None)
+        assert float((model(y) - solvers.final(ref)).detach().abs().max()) > 1e-3
+    else:
+        assert_iterates(model, y, ista(problem, y, None))
+
+
+def test_connection_counts():
+    assert extra_connections(build_config_gates("dense-lista", 16)) == 105
+    assert extra_connections(lfista_gates(16)) == 14
+    assert extra_connections(lista_gates(16)) == 0
+    for k in (1, 2, 3, 7):
+        assert extra_connections(dense_gates(k)) == (k - 1) * (k - 2) // 2
+        assert extra_connections(lfista_gates(k)) == max(k - 2, 0)
+
+
+def build_config_gates(name: str, K: int) -> list[list[int]]:
+    from unrolled.models import MODELS, make_config
+
+    return make_config(MODELS[name].Config, {"K": K}).gates
+
+
+@pytest.mark.parametrize("ss", ["count", "percentage", "none"])
+def test_na_alista_with_constant_head_is_alista(ss, problem, y):
+    gamma, theta = 0.9, 0.05
+    alista = build("alista", problem, {"K": K, "ss": ss, "gamma0": gamma, "theta0": theta}, F64)
+    na = build("na-alista", problem, {"K": K, "ss": ss, "H": 5}, F64)
+    assert na.keep == alista.keep and torch.equal(na.W, alista.W)
+
+    def constant(t, r, d, ctx):
+        one = r.new_ones(r.shape[0], 1)
+        return gamma * one, theta * one
+
+    na.thresholds = constant
+    assert_iterates(na, y, alista(y, all_layers=True))
+
+
+def test_na_alista_normalisation_is_saved_and_calibrated(problem):
+    model = build("na-alista", problem, {"K": K, "H": 4}, F64)
+    assert "feature_scale" in model.state_dict()
+    _, y0 = problem.sample(1024, torch.Generator().manual_seed(12345), F64)
+    feats = model.features(y0, y0 @ model.W) / model.feature_scale  # inputs of layer 1 (x = 0)
+    assert torch.allclose(feats.mean(0), torch.ones(2, dtype=F64), atol=1e-12)
+    assert list(model.layer_parameters(1)) == list(model.parameters())
+    assert all(model.layer_parameters(t) == [] for t in range(2, K + 1))

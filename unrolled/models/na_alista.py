@@ -1,0 +1,124 @@
+"""NA-ALISTA: neurally augmented ALISTA (Behrens, Sauder & Jung, ICLR 2021), SPEC §6.
+
+The ALISTA step with per-sample ``(theta, gamma)`` predicted by an LSTM cell:
+
+    r = ||A x - y||_1,  u = ||W^T (A x - y)||_1                       (per sample)
+    c, h = LSTMCell([r, u] / s, (h, c))                                (c_0, h_0 learned)
+    theta, gamma = softsign(U c)                                       (head "paper", U: 2 x H)
+    x <- ss(x + gamma W^T (y - A x), theta)                            (count form by default)
+
+``W`` is ALISTA's analytic matrix (SPEC §4, a fixed buffer). Head ``"reference"`` is the
+reference code's ``Linear(H, H) -> ReLU -> Linear(H, 2) -> softplus`` on the cell state.
+Output column 0 is ``theta``, column 1 ``gamma``; both have shape ``(batch, 1)``. Softsign
+admits ``theta < 0`` (as in the paper); the shrinkage then adds ``|theta|`` to every entry,
+which training quickly rules out.
+
+Input normalisation (saved with the model, unlike the reference code, which recomputes it
+from the first batch after loading): ``s_j`` is the mean of feature ``j`` at ``x = 0``
+(``r = ||y||_1``, ``u = ||W^T y||_1``) over a calibration batch of 1024 samples drawn at
+construction by ``problem.sample(1024, torch.Generator().manual_seed(12345), float64)``,
+so the inputs of layer 1 are about 1. ``inputs`` selects ``"r"``, ``"u"`` or ``"both"``.
+
+The LSTM and head weights are drawn from ``torch.Generator().manual_seed(init_seed)`` with
+PyTorch's default distributions (uniform ``±1/sqrt(fan_in)``, ``±1/sqrt(H)`` for the cell);
+``c_0 = h_0 = 0``. All of them are shared across layers (trained with layer 1):
+``self.layers`` is empty. :meth:`NA_ALISTA.thresholds` is the only learned part of the
+step; overriding it with constants gives ALISTA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import check, choice
+from .alista import AnalyticNet
+from .base import Config, register
+
+INPUTS = ("both", "r", "u")
+HEADS = ("paper", "reference")
+CALIBRATION_SIZE = 1024
+CALIBRATION_SEED = 12345
+
+
+@dataclass
+class NaAlistaConfig(Config):
+    ss: str = "count"
+    weights: str = "closed-form"  # closed-form | pgd  (analytic W, SPEC §4)
+    H: int = 128
+    inputs: str = "both"  # both | r | u
+    head: str = "paper"  # paper (softsign(U c)) | reference (MLP + softplus)
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choice(self.weights, ("closed-form", "pgd"), "weights method")
+        check(isinstance(self.H, int) and self.H >= 1, f"H={self.H} must be an integer >= 1 (LSTM hidden size)")
+        choice(self.inputs, INPUTS, "NA-ALISTA inputs")
+        choice(self.head, HEADS, "NA-ALISTA head")
+
+
+@register("na-alista")
+class NA_ALISTA(AnalyticNet):
+    """ALISTA step with per-sample ``(theta, gamma)`` from an LSTM cell (shared parameters only)."""
+
+    Config = NaAlistaConfig
+
+    def __init__(self, problem, config: NaAlistaConfig) -> None:
+        super().__init__(problem, config)
+        H, n_in = config.H, 2 if config.inputs == "both" else 1
+        f64 = torch.float64
+        with torch.random.fork_rng(devices=[]):  # the default init would consume the global RNG
+            self.cell = nn.LSTMCell(n_in, H, dtype=f64)
+            if config.head == "paper":
+                self.head = nn.Linear(H, 2, bias=False, dtype=f64)
+            else:
+                self.head = nn.Sequential(nn.Linear(H, H, dtype=f64), nn.ReLU(), nn.Linear(H, 2, dtype=f64),
+                                          nn.Softplus())
+        self.c0 = nn.Parameter(torch.zeros(H, dtype=f64))
+        self.h0 = nn.Parameter(torch.zeros(H, dtype=f64))
+        g = torch.Generator().manual_seed(config.init_seed)
+        with torch.no_grad():
+            for p in self.cell.parameters():
+                p.uniform_(-1 / math.sqrt(H), 1 / math.sqrt(H), generator=g)
+            for mod in self.head.modules():
+                if isinstance(mod, nn.Linear):
+                    for p in mod.parameters():
+                        p.uniform_(-1 / math.sqrt(mod.in_features), 1 / math.sqrt(mod.in_features), generator=g)
+        self.register_buffer("feature_scale", self.calibrate(problem))
+
+    @torch.no_grad()
+    def calibrate(self, problem) -> Tensor:
+        """Mean of each input feature at ``x = 0`` over the fixed calibration batch, shape ``(n_in,)``."""
+        _, y = problem.sample(CALIBRATION_SIZE, torch.Generator().manual_seed(CALIBRATION_SEED), torch.float64)
+        r, d = y, y @ self.W.to(torch.float64)
+        return self.features(r, d).mean(0)
+
+    def features(self, r: Tensor, d: Tensor) -> Tensor:
+        """``[||r||_1, ||d||_1]`` (or one of them) per sample, ``(batch, n_in)``."""
+        which = {"both": (r, d), "r": (r,), "u": (d,)}[self.config.inputs]
+        return torch.stack([torch.linalg.vector_norm(v, ord=1, dim=-1) for v in which], dim=1)
+
+    def begin(self, y: Tensor, ctx: dict) -> Tensor:
+        b = y.shape[0]
+        ctx["state"] = (self.h0.expand(b, -1), self.c0.expand(b, -1))
+        return super().begin(y, ctx)
+
+    def thresholds(self, t: int, r: Tensor, d: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
+        """``(gamma, theta)``, each ``(batch, 1)``, from the residual ``r = y - A x`` and ``d = W^T r``."""
+        h, c = self.cell(self.features(r, d) / self.feature_scale, ctx["state"])
+        ctx["state"] = (h, c)
+        out = self.head(c)
+        if self.config.head == "paper":
+            out = nn.functional.softsign(out)
+        return out[:, 1:], out[:, :1]
+
+    def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
+        # F.gradient_step(x, y, A, W, gamma) with its residual and direction reused for the features.
+        r = torch.addmm(y, x, self.A.T, alpha=-1)
+        d = r @ self.W
+        gamma, theta = self.thresholds(t, r, d, ctx)
+        return self.shrink(t, torch.addcmul(x, gamma, d), theta)
