@@ -32,6 +32,7 @@ class Config:
     ss: str = "none"  # none | percentage | count (SPEC §5)
     ss_p: float = 1.2  # percentage form: q_t = min(ss_p * t, ss_pmax) percent of n
     ss_pmax: float = 13.0
+    ss_theta: bool | None = None  # also require |z| > theta to bypass; None: the form's default
     lam: float = 0.4  # initial theta = lam / (1.001 L) where the literature does so
 
     def __post_init__(self) -> None:
@@ -154,13 +155,16 @@ def support_schedule(config: Config, problem: Problem) -> tuple[list[int], bool]
 
     Percentage form: ``percentage_keep`` of ``n`` with ``q_t = min(ss_p t, ss_pmax)``.
     Count form: entries strictly above the ``p_k``-th largest, so ``p_k - 1`` pass,
-    with ``p_k`` from the expected sparsity ``s = p n``.
+    with ``p_k`` from the expected sparsity ``s = p n``. ``ss_theta`` overrides whether
+    ``|z| > theta`` is also required (default: yes for percentage, no for count).
     """
     K, n = config.K, problem.n
     if config.ss == "percentage":
-        return [F.percentage_keep(t, n, config.ss_p, config.ss_pmax) for t in range(1, K + 1)], True
+        keep = [F.percentage_keep(t, n, config.ss_p, config.ss_pmax) for t in range(1, K + 1)]
+        return keep, True if config.ss_theta is None else config.ss_theta
     if config.ss == "count":
-        return [max(0, pk - 1) for pk in F.count_schedule(problem.spec.sparsity, K)], False
+        keep = [max(0, pk - 1) for pk in F.count_schedule(problem.spec.sparsity, K)]
+        return keep, False if config.ss_theta is None else config.ss_theta
     return [0] * K, True
 
 
