@@ -47,6 +47,13 @@ def number(s: str) -> float:
     return v
 
 
+def snr_value(s: str) -> float:
+    v = number(s)
+    if v == -math.inf:
+        raise argparse.ArgumentTypeError("-inf dB is not a signal-to-noise ratio; use a number of dB or inf")
+    return v
+
+
 def lam_value(s: str) -> float | str:
     if s == "auto":
         return s
@@ -71,11 +78,11 @@ def device_arg(s: str) -> torch.device:
 
 def add_problem_options(p: argparse.ArgumentParser) -> None:
     d = ProblemSpec()
-    p.add_argument("--m", type=positive_int, default=d.m, help="measurements (default %(default)s)")
-    p.add_argument("--n", type=positive_int, default=d.n, help="signal length (default %(default)s)")
+    p.add_argument("--m", type=positive_int, default=None, help=f"measurements (default {d.m})")
+    p.add_argument("--n", type=positive_int, default=None, help=f"signal length (default {d.n})")
     p.add_argument("--p", type=number, default=None, help="probability of a non-zero entry (default 0.1, or s/n)")
     p.add_argument("--s", type=number, default=None, help="expected non-zeros per signal (sets p = s/n)")
-    p.add_argument("--snr", type=number, default=d.snr, help="training/validation SNR in dB; inf = noiseless")
+    p.add_argument("--snr", type=snr_value, default=d.snr, help="training/validation SNR in dB; inf = noiseless")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--matrix", choices=MATRICES, default=d.matrix)
     p.add_argument("--kappa", type=number, default=None, help="condition number of A (SPEC §2)")
@@ -85,7 +92,7 @@ def add_problem_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma-shape", type=number, default=d.gamma_shape)
     p.add_argument("--gamma-rate", type=number, default=d.gamma_rate)
     p.add_argument("--test-noise", choices=TEST_NOISES, default=d.test_noise)
-    p.add_argument("--test-snr", type=number, default=None, help="test-set SNR if it differs from --snr")
+    p.add_argument("--test-snr", type=snr_value, default=None, help="test-set SNR if it differs from --snr")
     p.add_argument("--sp-density", type=number, default=d.sp_density, help="salt-and-pepper density")
     p.add_argument("--test-perturb", type=number, default=d.test_perturb,
                    help="Laplace scale of a test-only perturbation of A (0 = none)")
@@ -94,12 +101,16 @@ def add_problem_options(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(a: argparse.Namespace) -> ProblemSpec:
-    m, n = a.m, a.n
+    d = ProblemSpec()
+    m, n = a.m or d.m, a.n or d.n
     matrix = a.matrix
     if a.a_file:
         from .io import load_matrix
 
         A = load_matrix(a.a_file)
+        for name, given, found in (("--m", a.m, A.shape[0]), ("--n", a.n, A.shape[1])):
+            check(given in (None, found), f"{name} {given} contradicts {a.a_file} ({A.shape[0]}x{A.shape[1]}); "
+                                          f"drop {name}")
         m, n = A.shape
         matrix = "file"
     check(a.p is None or a.s is None, "give --p or --s, not both")
@@ -244,7 +255,7 @@ def build_parser() -> Parser:
 def add_test_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-x", help="test signals (.npy/.npz/.mat), samples x n or n x samples")
     p.add_argument("--test-size", type=positive_int, default=None, help="use the first N test signals")
-    p.add_argument("--snr", type=number, default=None, help="test SNR in dB (default: the problem's)")
+    p.add_argument("--snr", type=snr_value, default=None, help="test SNR in dB (default: the problem's)")
 
 
 def main(argv: list[str] | None = None) -> int:

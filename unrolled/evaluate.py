@@ -30,6 +30,7 @@ class LayerStats:
         self.db_sum: list[float] = []
         self.sup: list[list[float]] = []
         self.count = 0
+        self.kept = 0  # samples with x != 0, the ones the per-sample dB averages over
 
     def add(self, outputs: Iterable[Tensor], x: Tensor) -> None:
         x = x.double()
@@ -50,11 +51,12 @@ class LayerStats:
                 self.sup[k][j] += vals[2 + j]
         self.energy += float(energy.sum())
         self.count += len(x)
+        self.kept += int(keep.sum())
 
     def rows(self, method: str, **meta) -> list[dict]:
-        n = max(self.count, 1)
+        n, kept = max(self.count, 1), max(self.kept, 1)
         return [dict(method=method, layer=k, nmse_db=10 * math.log10(max(self.err[k], 1e-300) / self.energy),
-                     nmse_db_sample=self.db_sum[k] / n, fp=self.sup[k][0] / n, fn=self.sup[k][1] / n,
+                     nmse_db_sample=self.db_sum[k] / kept, fp=self.sup[k][0] / n, fn=self.sup[k][1] / n,
                      f1=self.sup[k][2] / n, **meta) for k in range(len(self.err))]
 
 

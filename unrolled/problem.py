@@ -39,6 +39,7 @@ MATRICES = ("gaussian", "lowrank", "file")
 SIGNALS = ("bernoulli", "fixed", "gamma")
 TEST_NOISES = ("gaussian", "salt-pepper")
 FORMAT = "unrolled-problem-v1"
+_BLOCK = 1000  # fixed sets are drawn in blocks of this many samples
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ class ProblemSpec:
         check(self.m <= self.n, f"m={self.m} > n={self.n}: sparse recovery needs m <= n; swap them or transpose A")
         check(0 < self.p <= 1, f"p={self.p} is outside (0, 1]: it is the probability of a non-zero entry")
         check(self.val_size >= 1 and self.test_size >= 1, "val_size and test_size must be positive")
-        check(not math.isnan(self.snr), "snr is NaN; give a number of dB or inf for no noise")
+        for name, v in (("snr", self.snr), ("test_snr", self.test_snr)):
+            check(v is None or not (math.isnan(v) or v == -math.inf),
+                  f"{name}={v} is not a signal-to-noise ratio; give a number of dB or inf for no noise")
         check(0 <= self.sp_density <= 1, f"sp_density={self.sp_density} is outside [0, 1]")
         check(self.test_perturb >= 0, f"test_perturb={self.test_perturb} must be >= 0")
         check(self.gamma_shape > 0 and self.gamma_rate > 0, "gamma_shape and gamma_rate must be positive")
@@ -101,7 +104,7 @@ class ProblemSpec:
 
 
 def _stream(seed: int, purpose: int) -> torch.Generator:
-    """An independent generator per purpose (1 validation, 2 test, 3 test matrix, ...)."""
+    """An independent generator per purpose (1/2 validation/test signals, 3 test matrix, 4/5 their noise)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + purpose * 7919) % 2**63)
 
 
@@ -225,13 +228,18 @@ class Problem:
             snr = s.test_snr
         key = (which, size, dtype, snr)
         if key not in self._sets:
-            g = _stream(s.seed, 1 if which == "val" else 2)
-            x = self.sample_x(size, g)
-            if which == "val":
-                y = self.measure(x, g, snr)
-            else:
-                y = self.measure(x, g, snr, noise=s.test_noise, A=self.test_matrix())
-            self._sets[key] = (x.to(dtype), y.to(dtype))
+            # Whole blocks, signals and noise from separate streams: a smaller set is a prefix
+            # of a larger one, and the signals do not depend on the SNR or the noise type.
+            val = which == "val"
+            gx, ge = _stream(s.seed, 1 if val else 2), _stream(s.seed, 4 if val else 5)
+            A = self.A if val else self.test_matrix()
+            noise = "gaussian" if val else s.test_noise
+            xs, ys = [], []
+            for _ in range(-(-size // _BLOCK)):
+                x = self.sample_x(_BLOCK, gx)
+                xs.append(x)
+                ys.append(self.measure(x, ge, snr, noise=noise, A=A))
+            self._sets[key] = (torch.cat(xs)[:size].to(dtype), torch.cat(ys)[:size].to(dtype))
         return self._sets[key]
 
     # -- files -------------------------------------------------------------------------------

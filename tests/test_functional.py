@@ -1,0 +1,163 @@
+"""Pure maths (SPEC §5, §6): soft threshold, support selection, Lasso objective and KKT residual."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unrolled import functional as F
+
+D = torch.float64
+
+
+def t(*v) -> torch.Tensor:
+    return torch.tensor(v, dtype=D)
+
+
+# -- soft threshold ---------------------------------------------------------------------------------
+
+
+def test_soft_threshold_scalar():
+    z = t(-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5)
+    assert torch.equal(F.soft_threshold(z, 1.0), t(-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5))
+    assert torch.equal(F.soft_threshold(z, t(1.0)), t(-2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.5))
+    assert torch.equal(F.soft_threshold(z, 0.0), z)
+
+
+def test_soft_threshold_broadcasting():
+    z = torch.tensor([[3.0, -2.0, 0.5], [-1.0, 4.0, -6.0]], dtype=D)
+    per_coord = F.soft_threshold(z, t(1.0, 2.0, 3.0))
+    assert torch.equal(per_coord, torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, -3.0]], dtype=D))
+    per_sample = F.soft_threshold(z, torch.tensor([[1.0], [5.0]], dtype=D))
+    assert torch.equal(per_sample, torch.tensor([[2.0, -1.0, 0.0], [0.0, 0.0, -1.0]], dtype=D))
+    per_entry = F.soft_threshold(z, torch.tensor([[0.0, 2.0, 0.25], [0.5, 1.0, 6.0]], dtype=D))
+    assert torch.equal(per_entry, torch.tensor([[3.0, 0.0, 0.25], [-0.5, 3.0, 0.0]], dtype=D))
+
+
+def test_soft_threshold_gradients():
+    z = t(-3.0, -0.5, 0.2, 2.0).requires_grad_()
+    theta = t(1.0).requires_grad_()
+    F.soft_threshold(z, theta).sum().backward()
+    assert torch.equal(z.grad, t(1.0, 0.0, 0.0, 1.0))
+    assert float(theta.grad) == 0.0  # -1 from +2.0, +1 from -3.0
+    z.grad = theta.grad = None
+    (F.soft_threshold(z, theta) * t(1.0, 1.0, 1.0, 5.0)).sum().backward()
+    assert float(theta.grad) == 1.0 - 5.0
+
+
+# -- support selection -------------------------------------------------------------------------------
+
+
+def test_percentage_keep_hand_values():
+    # n=500: index = round((1 - q/100) * 499); keep = 499 - index
+    assert F.percentage_keep(1, 500) == 6  # q=1.2: round(493.012) = 493
+    assert F.percentage_keep(10, 500) == 60  # q=12: round(439.12) = 439
+    assert F.percentage_keep(11, 500) == 65  # q=min(13.2, 13): round(434.13) = 434
+    assert F.percentage_keep(16, 500) == 65  # capped at p_max = 13 %
+    assert F.percentage_keep(1, 41) == 0  # q=1.2: round(39.52) = 40 = n-1: nothing above the maximum
+    assert F.percentage_keep(5, 41) == 2  # q=6: round(37.6) = 38
+    assert F.percentage_keep(3, 500, p=1.2, p_max=0.0) == 0  # the reference default p_max=0 disables it
+
+
+@pytest.mark.parametrize("tt, n", [(1, 500), (4, 500), (11, 500), (5, 41), (9, 37), (13, 1000)])
+def test_percentage_keep_matches_nearest_percentile(tt, n):
+    a = np.random.default_rng(tt * n).permutation(n).astype(float)  # distinct values
+    q = min(1.2 * tt, 13.0)
+    cut = np.percentile(a, 100 - q, method="nearest")
+    assert F.percentage_keep(tt, n) == int((a > cut).sum())
+
+
+def test_count_schedule_hand_values():
+    assert F.count_schedule(10, 4) == [3, 6, 9, 12]  # floor(12/4)=3 ... 12
+    assert F.count_schedule(5, 3) == [2, 4, 6]
+    assert F.count_schedule(50, 1) == [60]
+    # s=50, K=16: linspace(3, 60, 16) = 3 + 3.8 k, truncated
+    assert F.count_schedule(50, 16) == [3, 6, 10, 14, 18, 22, 25, 29, 33, 37, 41, 44, 48, 52, 56, 60]
+
+
+Z = t(0.5, -3.0, 2.0, 0.1, -1.0, 4.0)  # |z| descending: 4 (i5), 3 (i1), 2 (i2), 1 (i4), 0.5 (i0), 0.1 (i3)
+
+
+def test_support_mask_hand_vectors():
+    assert F.support_mask(Z, 2).tolist() == [False, True, False, False, False, True]
+    assert F.support_mask(Z, 3).tolist() == [False, True, True, False, False, True]
+    assert F.support_mask(Z, 0).tolist() == [False] * 6
+    assert F.support_mask(Z, 6).tolist() == [True] * 6
+    assert F.support_mask(Z, 2, theta=3.5).tolist() == [False, False, False, False, False, True]
+    # ties at the cut: 'strictly above' the (keep+1)-th largest lets fewer entries through
+    assert F.support_mask(t(2.0, -2.0, 1.0), 1).tolist() == [False, False, False]
+
+
+def test_percentage_form_hand_vectors():
+    # keep=2 entries (|z| = 4, 3) bypass if also |z| > theta; the rest is soft-thresholded.
+    assert torch.equal(F.shrink(Z, 1.5, keep=2, with_theta=True), t(0.0, -3.0, 0.5, 0.0, 0.0, 4.0))
+    assert torch.equal(F.shrink(Z, 3.5, keep=2, with_theta=True), t(0.0, 0.0, 0.0, 0.0, 0.0, 4.0))
+    assert torch.equal(F.shrink(Z, 1.5, keep=3, with_theta=True), t(0.0, -3.0, 2.0, 0.0, 0.0, 4.0))
+    assert torch.equal(F.shrink(Z, 1.5, keep=0), F.soft_threshold(Z, 1.5))
+
+
+def test_count_form_hand_vectors():
+    # Count form (NA-ALISTA): entries strictly larger than the p_k-th largest, no theta test.
+    # p_k = 3: the 3rd largest |z| is 2, so |z| = 4, 3 bypass; models pass keep = p_k - 1.
+    assert torch.equal(F.shrink(Z, 3.5, keep=3 - 1, with_theta=False), t(0.0, -3.0, 0.0, 0.0, 0.0, 4.0))
+    assert torch.equal(F.shrink(Z, 1.5, keep=3, with_theta=False), t(0.0, -3.0, 2.0, 0.0, 0.0, 4.0))
+
+
+def test_support_selection_per_sample_and_with_tensor_theta():
+    z = torch.stack([Z, -Z.flip(0)])
+    theta = torch.tensor([[1.5], [3.5]], dtype=D)
+    out = F.shrink(z, theta, keep=2, with_theta=True)
+    assert torch.equal(out[0], t(0.0, -3.0, 0.5, 0.0, 0.0, 4.0))
+    assert torch.equal(out[1], -t(0.0, 0.0, 0.0, 0.0, 0.0, 4.0).flip(0))
+
+
+def test_support_mask_carries_no_gradient():
+    z = Z.clone().requires_grad_()
+    theta = t(1.5).requires_grad_()
+    F.shrink(z, theta, keep=2, with_theta=True).sum().backward()
+    # bypassed (i1, i5): 1; thresholded: 1 where |z| > theta (i2) else 0
+    assert torch.equal(z.grad, t(0.0, 1.0, 1.0, 0.0, 0.0, 1.0))
+    assert float(theta.grad) == -1.0  # only from the thresholded +2.0; bypassed entries give none
+    assert not F.support_mask(z, 2).requires_grad
+
+    theta_c = torch.full((6,), 1.5, dtype=D, requires_grad=True)
+    F.shrink(Z, theta_c, keep=2, with_theta=False).sum().backward()
+    assert torch.equal(theta_c.grad, t(0.0, 0.0, -1.0, 0.0, 0.0, 0.0))
+
+
+# -- steps, objective, KKT ----------------------------------------------------------------------------
+
+
+def test_gradient_and_pgd_step_match_matrix_form():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(23, 41, generator=g, dtype=D)
+    W = torch.randn(23, 41, generator=g, dtype=D)
+    x, y = torch.randn(5, 41, generator=g, dtype=D), torch.randn(5, 23, generator=g, dtype=D)
+    expect = (x.T + 0.3 * W.T @ (y.T - A @ x.T)).T
+    torch.testing.assert_close(F.gradient_step(x, y, A, W, 0.3), expect, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(F.pgd_step(x, y, A, W, 0.3, 0.7), F.soft_threshold(expect, 0.7),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_fista_momentum():
+    t1, b1 = F.fista_momentum(1.0)
+    assert t1 == pytest.approx((1 + 5 ** 0.5) / 2, rel=1e-15) and b1 == 0.0
+    t2, b2 = F.fista_momentum(t1)
+    assert t2 == pytest.approx((1 + (1 + 4 * t1 * t1) ** 0.5) / 2, rel=1e-15)
+    assert b2 == pytest.approx((t1 - 1) / t2, rel=1e-15)
+
+
+def test_lasso_objective_and_kkt_hand_values():
+    A = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=D)
+    y = t(3.0, 2.0)[None]
+    x = t(1.0, 0.0)[None]
+    # r = (2, 2): F = 4 + lam * 1
+    assert float(F.lasso_objective(x, y, A, 0.5)) == 4.5
+    # g = A^T (Ax - y) = (-2, -4): on-support |g1 + lam| = 1.5, off-support |g2| - lam = 3.5
+    assert float(F.kkt_residual(x, y, A, 0.5)) == 3.5
+    # the solution: x1 = 3 - lam, x2 = (2*2 - lam)/4 for lam < 4
+    lam = 0.5
+    xs = t(3.0 - lam, (4.0 - lam) / 4.0)[None]
+    assert float(F.kkt_residual(xs, y, A, lam)) < 1e-15
+    assert float(F.kkt_residual(torch.zeros(1, 2, dtype=D), y, A, 10.0)) == 0.0  # lam >= ||A^T y||_inf
