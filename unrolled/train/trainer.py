@@ -70,7 +70,8 @@ class Trainer:
         check(all(s.depth <= model.K for s in stages), f"a stage supervises a layer beyond K={model.K}")
         self.model, self.problem, self.stages, self.opt = model, problem, stages, options
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.log = log or self._default_log
+        self.verbose = False  # a line per validation when the output is not a terminal
         self.device, self.dtype = model.A.device, model.A.dtype
         x, y = problem.validation(torch.float64)
         self.x_val = x[: options.val_size].to(self.device, self.dtype)
@@ -83,6 +84,12 @@ class Trainer:
         self.optim: torch.optim.Optimizer | None = None
         self.last_good: tuple[dict, dict] | None = None
         self.seconds = 0.0
+
+    @staticmethod
+    def _default_log(message: str) -> None:
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)  # clear the progress bar first
+        print(message, file=sys.stderr, flush=True)
 
     # -- losses and validation ----------------------------------------------------------------
 
@@ -232,8 +239,22 @@ class Trainer:
                "lr": self.optim.param_groups[-1]["lr"]}
         c["loss_sum"], c["loss_count"] = 0.0, 0
         self._append_metrics(row)
+        self._progress(stage, val)
         self.last_good = (self._snapshot(), self._optim_state_copy())
         self._write_state()
+
+    def _progress(self, stage: Stage, val: float) -> None:
+        """A progress bar with the current validation value (in place on a terminal)."""
+        c = self.c
+        done = c["step"] / stage.max_steps
+        bar = "#" * round(20 * done) + "." * (20 - round(20 * done))
+        unit = "" if self.opt.loss == "lasso" else " dB"
+        line = (f"stage {c['stage'] + 1}/{len(self.stages)} [{bar}] step {c['step']}/{stage.max_steps} "
+                f"val {val:.2f}{unit} best {c['best']:.2f}{unit} ({c['samples']:,} samples, {self.seconds:.0f} s)")
+        if sys.stderr.isatty() and self.log is self._default_log:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        elif self.verbose:
+            self.log(line)
 
     def _finish_stage(self, stage: Stage) -> None:
         self._restore(self.best)
