@@ -59,12 +59,17 @@ def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
     return max(0, n - 1 - index)
 
 
-def count_schedule(s: float, K: int) -> list[int]:
-    """NA-ALISTA's ``p_k = linspace(floor(1.2 s / K), 1.2 s, K)`` as integers."""
+def count_schedule(s: float, K: int, ramp: float = 1.0) -> list[int]:
+    """NA-ALISTA's ``p_k = linspace(floor(1.2 s / K), 1.2 s, K)`` as integers.
+
+    With ``ramp < 1`` the linspace covers only the first ``ceil(ramp K)`` layers and the
+    rest keep ``1.2 s`` (the support is settled earlier, later layers refine it).
+    """
     lo, hi = math.floor(1.2 * s / K), 1.2 * s
-    if K == 1:
-        return [int(hi)]
-    return [int(lo + (hi - lo) * k / (K - 1)) for k in range(K)]
+    R = max(1, min(K, math.ceil(ramp * K)))
+    if R == 1:
+        return [int(hi)] * K
+    return [int(lo + (hi - lo) * min(k, R - 1) / (R - 1)) for k in range(K)]
 
 
 def support_mask(z: Tensor, keep: int, theta: Tensor | float | None = None) -> Tensor:

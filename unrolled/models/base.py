@@ -33,12 +33,14 @@ class Config:
     ss_p: float = 1.2  # percentage form: q_t = min(ss_p * t, ss_pmax) percent of n
     ss_pmax: float = 13.0
     ss_theta: bool | None = None  # also require |z| > theta to bypass; None: the form's default
+    ss_ramp: float = 1.0  # count form: fraction of the layers over which p_k grows to 1.2 s
     lam: float = 0.4  # initial theta = lam / (1.001 L) where the literature does so
 
     def __post_init__(self) -> None:
         check(isinstance(self.K, int) and self.K >= 1, f"K={self.K} must be an integer >= 1")
         choice(self.ss, F.SUPPORT_MODES, "support selection")
         check(self.ss_p >= 0 and self.ss_pmax >= 0, "ss_p and ss_pmax must be >= 0")
+        check(0 < self.ss_ramp <= 1, f"ss_ramp={self.ss_ramp} must be in (0, 1]")
         check(self.lam >= 0, f"lam={self.lam} must be >= 0")
 
 
@@ -163,7 +165,7 @@ def support_schedule(config: Config, problem: Problem) -> tuple[list[int], bool]
         keep = [F.percentage_keep(t, n, config.ss_p, config.ss_pmax) for t in range(1, K + 1)]
         return keep, True if config.ss_theta is None else config.ss_theta
     if config.ss == "count":
-        keep = [max(0, pk - 1) for pk in F.count_schedule(problem.spec.sparsity, K)]
+        keep = [max(0, pk - 1) for pk in F.count_schedule(problem.spec.sparsity, K, config.ss_ramp)]
         return keep, False if config.ss_theta is None else config.ss_theta
     return [0] * K, True
 
