@@ -1,0 +1,258 @@
+"""Reproduction harness: every experiment runs at the smoke budget, resumes, reports, and rejects bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from unrolled.cli import main
+from unrolled.errors import UsageError
+from unrolled.models.design_space import check_gates, extra_connections
+from unrolled.repro import load, run_experiment, summary
+from unrolled.repro.analyses import pruned_layers, random_architecture
+from unrolled.repro.config import experiment_names
+from unrolled.repro.report import check_claim, read_table, write_report
+from unrolled.train import Trainer
+
+NAMES = experiment_names()
+OUTPUTS = ("results.csv", "figure.png", "figure.pdf", "report.md")
+META = ("experiment", "budget", "method", "device", "seed", "train_seed", "torch", "K", "problem", "cell")
+
+TINY = """
+title = "tiny"
+reproduces = "a test"
+notes = "tiny notes"
+[problem]
+m = 250
+n = 500
+p = 0.1
+snr = 40
+[grid]
+seed = [0]
+[[models]]
+model = "alista"
+[schedule]
+name = "end-to-end"
+lr = 2e-3
+[budget.smoke]
+about = "tiny"
+scale = 0.08
+K = 3
+problem = { test_size = 100, val_size = 50 }
+schedule = { samples = 1920, batch = 64, eval_every = 5 }
+[budget.quick]
+about = "same"
+[budget.paper]
+about = "same"
+[[paper]]
+source = "made up for the test"
+keys = ["snr"]
+methods = ["alista", "ista"]
+rows = [[40, -60.0, -70.0]]
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tmp_path_factory.mktemp("repro")
+
+
+def fails(capsys, argv, *words):
+    capsys.readouterr()
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_experiment_runs_at_smoke_budget(name, runs, capsys):
+    out = runs / "smoke" / name
+    assert main(["repro", name, "--budget", "smoke", "--out", str(out)]) == 0
+    for f in OUTPUTS:
+        assert (out / f).stat().st_size > 0, f
+    rows = read_table(out / "results.csv")
+    assert rows and all(r[k] != "" for r in rows for k in META)
+    assert {r["budget"] for r in rows} == {"smoke"} and {r["experiment"] for r in rows} == {name}
+    text = (out / "report.md").read_text()
+    assert "## Paper | ours | difference" in text and "## Notes" in text
+    exp = load(name)
+    numbers = sum(len(p["rows"]) * len(p["methods"]) for p in exp.paper)
+    if numbers:  # every paper number has its row, run at this budget or not
+        assert text.count("\n| ") - text.count("\n| cell | ") >= numbers
+        assert "| cell | method | paper | ours | difference |" in text
+    for c in exp.claims:
+        assert c["text"] in text
+    if exp.baselines and exp.models:  # classical baselines at the same depth, and the oracle floor
+        K = exp.budgets["smoke"].K
+        assert {"ista", "fista"} <= {r["method"] for r in rows if r["layer"] == str(K)}
+        assert any(r["method"] == "oracle-mmse" for r in rows) or exp.problem.get("signal") == "gamma"
+
+
+def test_resume_reuses_finished_cells(tmp_path):
+    out = tmp_path / "smoke" / "na-alista-n"
+    _, first = run_experiment("na-alista-n", "smoke", out, log=lambda s: None)
+    assert first["computed"] > 0 and first["trained"] == 4
+    before = (out / "results.csv").read_text()
+    lines = []
+    _, second = run_experiment("na-alista-n", "smoke", out, log=lines.append)
+    assert second["computed"] == 0 and second["trained"] == 0 and second["reused"] == first["computed"]
+    assert any("reused (finished earlier)" in line for line in lines)
+    assert (out / "results.csv").read_text() == before
+    # A new experiment that needs the same trainings (same budget, same store) does not retrain them.
+    _, third = run_experiment("na-alista-k", "smoke", tmp_path / "smoke" / "na-alista-k", log=lambda s: None)
+    assert third["trained"] == 0 and third["computed"] == 5
+
+
+def test_interrupted_training_resumes_where_it_stopped(tmp_path, monkeypatch):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    clean, _ = run_experiment(str(toml), "smoke", tmp_path / "a" / "smoke" / "tiny", log=lambda s: None)
+    original = Trainer._validate_and_checkpoint
+    calls = []
+
+    def interrupt(self, stage):
+        original(self, stage)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_validate_and_checkpoint", interrupt)
+    out = tmp_path / "b" / "smoke" / "tiny"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    monkeypatch.setattr(Trainer, "_validate_and_checkpoint", original)
+    lines = []
+    _, counts = run_experiment(str(toml), "smoke", out, log=lines.append)
+    assert counts["resumed"] == 1 and any("resuming" in line for line in lines)
+    final = [{k: v for k, v in r.items() if k in ("method", "layer", "nmse_db")}
+             for r in read_table(out / "results.csv") if r["method"] == "alista"]
+    expect = [{k: v for k, v in r.items() if k in ("method", "layer", "nmse_db")}
+              for r in read_table(clean / "results.csv") if r["method"] == "alista"]
+    assert final == expect  # the resumed training is the uninterrupted one, bit for bit
+
+
+def test_editing_the_experiment_invalidates_only_the_cells_it_changes(tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    out = tmp_path / "smoke" / "tiny"
+    run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    toml.write_text(TINY.replace("samples = 1920", "samples = 1280"))
+    _, counts = run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    assert counts["reused"] == 1 and counts["computed"] == 1 and counts["trained"] == 1  # classical kept
+    assert {r["samples"] for r in read_table(out / "results.csv") if r["method"] == "alista"} == {"1280"}
+
+
+def test_report_flags_numbers_worse_than_the_paper(tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    out, _ = run_experiment(str(toml), "smoke", tmp_path / "smoke" / "tiny", log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "**ours worse by" in text and "snr=40, alista: paper -60.0" in text and "made up for the test" in text
+    assert "tiny notes" in text
+    # Figures and reports are redrawn from the table alone.
+    (out / "figure.png").unlink()
+    (out / "report.md").unlink()
+    write_report(load(str(toml)), out / "results.csv", "smoke", out)
+    assert (out / "figure.png").exists() and "paper | ours | difference" in (out / "report.md").read_text()
+
+
+def test_summary_is_regenerated_from_the_tables(runs, tmp_path):
+    docs = tmp_path / "docs" / "reproduction.md"
+    summary(runs, docs, tmp_path / "docs" / "repro", budgets=("smoke",))
+    text = docs.read_text()
+    for name in NAMES:
+        assert f"| {name} | smoke |" in text
+    ran = [n for n in NAMES if (runs / "smoke" / n / "results.csv").exists()]
+    for name in ran:
+        assert (tmp_path / "docs" / "repro" / f"{name}-smoke.md").exists()
+        assert (tmp_path / "docs" / "repro" / f"{name}-smoke.png").exists()
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def test_unknown_experiment_lists_the_valid_ones(capsys):
+    line = fails(capsys, ["repro", "no-such-experiment"], "unknown experiment 'no-such-experiment'", "valid:")
+    assert all(n in line for n in NAMES)
+
+
+def test_unknown_budget_is_a_usage_error(capsys):
+    fails(capsys, ["repro", NAMES[0], "--budget", "huge"], "invalid choice: 'huge'", "smoke")
+
+
+def test_list_shows_every_experiment(capsys):
+    assert main(["repro", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in NAMES:
+        assert f"\n{name}\n" in f"\n{out}"
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ('title = "tiny"', 'titel = "tiny"', ["unknown key(s) titel", "valid: title, reproduces"]),
+    ("m = 250", "mm = 250", ["unknown key(s) mm in [problem]", "valid: m, n, p"]),
+    ("K = 3", "K = 3\nlayers = 3", ["unknown key(s) layers in [budget.smoke]", "valid: about, scale, K"]),
+    ('lr = 2e-3', 'lr = 2e-3\nlearning_rate = 1', ["unknown key(s) learning_rate in [schedule]", "valid: name"]),
+    ('model = "alista"', 'model = "alista"\nconfg = {}', ["unknown key(s) confg in [[models]]", "valid: model"]),
+    ('model = "alista"', 'model = "alisa"', ["unknown model 'alisa'", "valid:", "na-alista"]),
+    ("seed = [0]", "seed = [0]\nfoo = [1]", ["unknown key(s) foo in [grid]", "valid: m, n"]),
+    ('[budget.quick]\nabout = "same"\n', "", ["lacks [budget.quick]"]),
+    ("source = ", "origin = ", ["unknown key(s) origin in [[paper]]", "valid: source"]),
+    ("rows = [[40, -60.0, -70.0]]", "rows = [[40, -60.0]]", ["has 2 values, expected 3"]),
+    ("[budget.smoke]\n", "[budget.smoke]\ngrid = { seed = [1] }\n", ["grid value seed=1 is not in the", "[0]"]),
+    ("[budget.smoke]\n", "[budget.smoke]\ngrid = { n = [40] }\n", ["grid filter on 'n', which is not a grid key"]),
+    ("[budget.smoke]\n", "[budget.smoke]\nmodels = ['lista']\n", ["unknown model label 'lista'", "valid: alista"]),
+])
+def test_bad_configs_fail_with_the_valid_keys(tmp_path, old, new, words):
+    assert old in TINY
+    toml = tmp_path / "bad.toml"
+    toml.write_text(TINY.replace(old, new, 1))
+    with pytest.raises(UsageError) as e:
+        load(str(toml))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_bad_config_on_the_command_line_exits_2(tmp_path, capsys):
+    toml = tmp_path / "bad.toml"
+    toml.write_text(TINY.replace("[[models]]", "[[modles]]"))
+    fails(capsys, ["repro", str(toml), "--budget", "smoke", "--out", str(tmp_path / "x")], "modles", "valid:")
+    assert not (tmp_path / "x").exists()
+
+
+# -- the pieces ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("K", [3, 6, 16])
+def test_random_architectures_are_valid_and_seeded(K):
+    seen = set()
+    for draw in range(8):
+        gates, neurons, extra = random_architecture(K, 0, draw, ["soft", "relu"])
+        assert check_gates(gates, K) == gates and extra_connections(gates) == extra
+        assert len(neurons.split(",")) == K and random_architecture(K, 0, draw, ["soft", "relu"])[0] == gates
+        seen.add(extra)
+    assert len(seen) > 1 or K == 3
+
+
+def test_pruned_layers_never_touch_layer_one():
+    for pruned in range(16):
+        layers = pruned_layers(16, 0, pruned, 1)
+        assert len(set(layers)) == pruned and all(2 <= t <= 16 for t in layers)
+    with pytest.raises(UsageError, match="only 0..2"):
+        pruned_layers(3, 0, 3, 0)
+
+
+def test_claims_compare_groups():
+    rows = [dict(method=m, final="1", layer="3", nmse_db=str(v), n=str(n))
+            for m, v, n in [("a", -10, 1), ("b", -5, 1), ("a", -3, 2), ("b", -4, 2)]]
+    ours, verdict = check_claim(dict(a={"method": "a"}, b={"method": "b"}, op="<", per=["n"]), rows)
+    assert verdict.startswith("**no**") and "n=1: -10 vs -5" in ours
+    assert check_claim(dict(a={"method": "a", "n": 1}, b=-6, op="<"), rows)[1] == "yes"
+    assert check_claim(dict(a={"method": "a"}, b={"method": "b"}, op="within", tol=10), rows)[1] == "yes"
+    assert check_claim(dict(a={"method": "c"}, b={"method": "b"}), rows)[1] == "—"
+    assert math.isclose(float(ours.split(": ")[1].split(" vs")[0]), -10)
