@@ -21,7 +21,9 @@ so the inputs of layer 1 are about 1. ``inputs`` selects ``"r"``, ``"u"`` or ``"
 
 The LSTM and head weights are drawn from ``torch.Generator().manual_seed(init_seed)`` with
 PyTorch's default distributions (uniform ``±1/sqrt(fan_in)``, ``±1/sqrt(H)`` for the cell);
-``c_0 = h_0 = 0``. All of them are shared across layers (trained with layer 1):
+``c_0 = h_0 = 0``. The output layer's range is scaled by ``head_scale`` (0.1): with
+PyTorch's default range the first steps ``gamma`` reach ±1, which diverges for n/m >= 4
+(as ALISTA does with ``gamma = 1``). All of them are shared across layers (trained with layer 1):
 ``self.layers`` is empty. :meth:`NA_ALISTA.thresholds` is the only learned part of the
 step; overriding it with constants gives ALISTA.
 """
@@ -52,6 +54,7 @@ class NaAlistaConfig(Config):
     inputs: str = "both"  # both | r | u
     head: str = "paper"  # paper (softsign(U c)) | reference (MLP + softplus)
     init_seed: int = 0
+    head_scale: float = 0.1  # the head's output weights start at this fraction of PyTorch's default range
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,10 +87,11 @@ class NA_ALISTA(AnalyticNet):
         with torch.no_grad():
             for p in self.cell.parameters():
                 p.uniform_(-1 / math.sqrt(H), 1 / math.sqrt(H), generator=g)
-            for mod in self.head.modules():
-                if isinstance(mod, nn.Linear):
-                    for p in mod.parameters():
-                        p.uniform_(-1 / math.sqrt(mod.in_features), 1 / math.sqrt(mod.in_features), generator=g)
+            linears = [mod for mod in self.head.modules() if isinstance(mod, nn.Linear)]
+            for mod in linears:
+                bound = 1 / math.sqrt(mod.in_features) * (config.head_scale if mod is linears[-1] else 1.0)
+                for p in mod.parameters():
+                    p.uniform_(-bound, bound, generator=g)
         self.register_buffer("feature_scale", self.calibrate(problem))
 
     @torch.no_grad()
