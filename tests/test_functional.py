@@ -161,3 +161,14 @@ def test_lasso_objective_and_kkt_hand_values():
     xs = t(3.0 - lam, (4.0 - lam) / 4.0)[None]
     assert float(F.kkt_residual(xs, y, A, lam)) < 1e-15
     assert float(F.kkt_residual(torch.zeros(1, 2, dtype=D), y, A, 10.0)) == 0.0  # lam >= ||A^T y||_inf
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_largest_matches_topk(dtype):
+    # The CPU path (np.partition) must give exactly the value torch.topk gives, ties included.
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(37, 41, generator=g, dtype=dtype).abs()
+    a[0, :5] = a[0, 5]  # ties
+    for k in (1, 2, 6, 20, 41):
+        expected = a.topk(k, dim=-1).values[:, -1:]
+        assert torch.equal(F.kth_largest(a, k), expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,6 +73,19 @@ def count_schedule(s: float, K: int, ramp: float = 1.0) -> list[int]:
     return [int(lo + (hi - lo) * min(k, R - 1) / (R - 1)) for k in range(K)]
 
 
+def kth_largest(a: Tensor, k: int) -> Tensor:
+    """The ``k``-th largest value of each row, shape ``(..., 1)``, without gradient.
+
+    On the CPU, NumPy's introselect (``np.partition``, linear time) is about 7x faster than
+    ``torch.topk`` for 10,000 x 500 and k = 61 (benchmarks/bench_forward.py); elsewhere topk.
+    """
+    n = a.shape[-1]
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not a.requires_grad:
+        part = np.partition(a.numpy(), n - k, axis=-1)
+        return torch.from_numpy(np.ascontiguousarray(part[..., n - k:n - k + 1]))
+    return a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+
+
 def support_mask(z: Tensor, keep: int, theta: Tensor | float | None = None) -> Tensor:
     """Entries that bypass the shrinkage: ``|z|`` among the ``keep`` largest per sample.
 
@@ -85,7 +99,7 @@ def support_mask(z: Tensor, keep: int, theta: Tensor | float | None = None) -> T
         # The (keep+1)-th largest is the percentile / p_k-th value; 'strictly above' it.
         if keep >= z.shape[-1]:
             return a > theta if theta is not None else torch.ones_like(a, dtype=torch.bool)
-        cut = a.topk(keep + 1, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        cut = kth_largest(a, keep + 1)
         if theta is not None:  # (a > cut) & (a > theta) in one pass
             cut = torch.maximum(cut, theta) if isinstance(theta, Tensor) else cut.clamp_(min=theta)
         return a > cut
