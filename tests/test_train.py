@@ -16,6 +16,7 @@ from torch import nn
 
 from unrolled import Problem, ProblemSpec, UsageError
 from unrolled.cli import main
+from unrolled.io import load_safetensors
 from unrolled.models import Config, UnrolledNet, build
 from unrolled.train import Stage, Trainer, TrainOptions, end_to_end, finish_run, load_weights, stagewise
 
@@ -202,3 +203,25 @@ def test_load_weights_checks_shapes(tmp_path):
     sha = json.loads((tmp_path / "r" / "result.json").read_text())["weights_sha256"]
     with pytest.raises(UsageError, match="does not fit"):
         load_weights(other, tmp_path / "r" / "weights.safetensors", sha)
+
+
+def test_init_from_warm_starts_with_the_source_weights(tmp_path, problem_file, capsys):
+    src = tmp_path / "src"
+    assert main(_train_args(problem_file, src)) == 0
+    # A one-step continuation with a tiny learning rate stays next to the source weights.
+    dst = tmp_path / "dst"
+    args = ["train", str(problem_file), "--model", "alista", "--layers", "4", "--out", str(dst),
+            "--init-from", str(src), "--set", "ss=count", "--set", "ss_theta=true", "--budget-samples", "64",
+            "--batch", "64", "--lr", "1e-9"]
+    assert main(args) == 0
+    cfg = json.loads((dst / "config.json").read_text())
+    sha = json.loads((src / "result.json").read_text())["weights_sha256"]
+    assert cfg["init_from"]["weights_sha256"] == sha and cfg["model_config"]["ss_theta"] is True
+    a = load_safetensors(src / "weights.safetensors")
+    b = load_safetensors(dst / "weights.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    capsys.readouterr()
+    bad = ["train", str(problem_file), "--model", "tilista", "--layers", "4", "--out", str(tmp_path / "bad"),
+           "--init-from", str(src)]
+    assert main(bad) == 2
+    assert "not 'tilista'" in capsys.readouterr().err

@@ -69,13 +69,24 @@ def new_run(a: argparse.Namespace) -> tuple[Trainer, dict]:
                    problem=dict(source=str(Path(a.problem).resolve()), sha256=sha256(out / "problem.npz"),
                                 spec=json.loads(problem.spec.to_json())),
                    device=str(a.device), torch=torch.__version__)
+    if a.init_from:
+        init = Path(a.init_from)
+        src = read_run_config(init)
+        check(src["model"] == a.model, f"--init-from {init} holds a {src['model']!r} model, not {a.model!r}")
+        result = json.loads((init / "result.json").read_text()) if (init / "result.json").exists() else None
+        check(result is not None, f"--init-from {init} has not finished training (no result.json)")
+        run_cfg["init_from"] = dict(run=str(init.resolve()), weights_sha256=result["weights_sha256"])
     write_run_config(out, run_cfg)
     return make_trainer(out, run_cfg, problem, a.device), run_cfg
 
 
 def make_trainer(run: Path, cfg: dict, problem: Problem, device: torch.device) -> Trainer:
     torch.manual_seed(cfg["options"]["seed"])  # model initialisations that draw random numbers
-    model = build(cfg["model"], problem, cfg["model_config"]).to(device)
+    model = build(cfg["model"], problem, cfg["model_config"])
+    if "init_from" in cfg:  # a warm start: the parameters of another run (same model, any config)
+        init = cfg["init_from"]
+        load_weights(model, Path(init["run"]) / "weights.safetensors", init["weights_sha256"])
+    model = model.to(device)
     stages = [Stage(**{**s, "layers": tuple(s["layers"])}) for s in cfg["stages"]]
     return Trainer(model, problem, stages, TrainOptions(**cfg["options"]), run)
 
@@ -173,7 +184,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
             args = argparse.Namespace(problem=str(path), model=name, layers=a.layers, out=str(run), set=sets,
                                       batch=512, loss="mse", loss_lam=0.1, eval_every=50, seed=a.seed,
                                       budget_samples=samples, lr=lr, patience=None, schedule="end-to-end",
-                                      device=torch.device("cpu"), resume=None)
+                                      device=torch.device("cpu"), resume=None, init_from=None)
             if (run / "progress.json").exists():
                 args.resume, args.device_given = str(run), False
             cmd_train(args)
@@ -206,6 +217,8 @@ def add_commands(sub) -> None:
     pt.add_argument("--set", action="append", metavar="KEY=VALUE", help="model config field (repeatable)")
     pt.add_argument("--device", type=device_arg, default=None)
     pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--init-from", metavar="RUN", help="start from the trained weights of RUN (same model; "
+                    "its config may differ, e.g. in support selection: a curriculum)")
     pt.set_defaults(func=train_entry)
 
     pe = sub.add_parser("eval", help="per-layer NMSE of a run next to ISTA/FISTA and the oracle; writes RUN/eval.csv")
