@@ -172,3 +172,19 @@ def test_kth_largest_matches_topk(dtype):
     for k in (1, 2, 6, 20, 41):
         expected = a.topk(k, dim=-1).values[:, -1:]
         assert torch.equal(F.kth_largest(a, k), expected)
+
+
+@pytest.mark.parametrize("theta_shape", [(), (41,), (7, 1), (7, 41)])
+@pytest.mark.parametrize("keep", [0, 5])
+def test_shrink_gradient_matches_finite_differences(theta_shape, keep):
+    # The custom backward of the soft threshold (with and without a bypass mask) against
+    # torch.autograd.gradcheck in float64 (default tolerances: eps 1e-6, atol 1e-5, rtol 1e-3).
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(7, 41, generator=g, dtype=torch.float64).requires_grad_()
+    theta = (0.3 + 0.4 * torch.rand(theta_shape, generator=g, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z, th: F.shrink(z, th, keep, True), (z, theta))
+    # ... and the values equal the clamp formula with the mask
+    out = F.shrink(z, theta, keep, True)
+    mask = F.support_mask(z, keep, theta) if keep else torch.zeros_like(z, dtype=torch.bool)
+    ref = z - torch.clamp(z, -theta, theta).masked_fill(mask, 0.0)
+    assert torch.equal(out, ref)

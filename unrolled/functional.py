@@ -44,8 +44,44 @@ def soft_threshold(z: Tensor, theta: Tensor | float) -> Tensor:
         clipped = torch.clamp(z, -theta, theta) if isinstance(theta, Tensor) else z.clamp(-theta, theta)
         return torch.sub(z, clipped, out=clipped) if _fits(clipped, z) else z - clipped
     if isinstance(theta, Tensor):
-        return z - torch.clamp(z, -theta, theta)
+        return _Shrink.apply(z, theta, None)
     return z - z.clamp(-theta, theta)
+
+
+class _Shrink(torch.autograd.Function):
+    """``z - clamp(z, -theta, theta)`` with the ``mask`` entries passed unchanged, and its gradient.
+
+    One function instead of autograd through ``clamp`` with tensor bounds (which costs a
+    quarter of an ALISTA training step in ``where``/``masked_fill``): ``d/dz = 1`` where the
+    entry passes (``|z| > theta`` or masked), else 0; ``d/dtheta = -sign(z)`` where it is
+    shrunk and non-zero, else 0 (the same conventions as ``clamp`` at ``|z| = theta``).
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, mask: Tensor | None) -> Tensor:
+        active = z.abs() > theta
+        clipped = torch.clamp(z, -theta, theta)
+        if mask is not None:
+            clipped = clipped.masked_fill_(mask, 0.0)
+            shrunk, passing = active & ~mask, active | mask
+        else:
+            shrunk, passing = active, active
+        ctx.theta_shape = theta.shape
+        # Float factors (no bool->float conversion in backward); the sign already negated.
+        ctx.save_for_backward(passing.to(z.dtype), torch.sign(z).neg_().mul_(shrunk))
+        return z - clipped
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        passing, neg_signs = ctx.saved_tensors
+        grad_z = grad * passing if ctx.needs_input_grad[0] else None
+        grad_theta = None
+        if ctx.needs_input_grad[1]:
+            if len(ctx.theta_shape) == 0:  # a scalar threshold: one fused dot product
+                grad_theta = torch.dot(grad.reshape(-1), neg_signs.reshape(-1))
+            else:
+                grad_theta = (grad * neg_signs).sum_to_size(ctx.theta_shape)
+        return grad_z, grad_theta, None
 
 
 def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
@@ -114,6 +150,8 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
     if keep <= 0:
         return soft_threshold(z, theta)
     mask = support_mask(z, keep, theta if with_theta else None)
+    if torch.is_grad_enabled() and isinstance(theta, Tensor):
+        return _Shrink.apply(z, theta, mask)
     clipped = torch.clamp(z, -theta, theta) if isinstance(theta, Tensor) else z.clamp(-theta, theta)
     if not torch.is_grad_enabled() and _fits(clipped, z):
         # Same bits as below (z - 0 = z on the mask); multiplying is faster than masked_fill or where.
