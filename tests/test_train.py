@@ -225,3 +225,4 @@ def test_init_from_warm_starts_with_the_source_weights(tmp_path, problem_file, c
            "--init-from", str(src)]
     assert main(bad) == 2
     assert "not 'tilista'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything is written

@@ -47,11 +47,9 @@ def new_run(a: argparse.Namespace) -> tuple[Trainer, dict]:
     out = Path(a.out)
     check(not (out / "progress.json").exists(), f"{out} already holds a run; continue it with --resume {out}")
     problem = Problem.load(a.problem)
-    overrides = parse_sets(a.set)
-    overrides["K"] = a.layers
-    cls = MODELS[a.model] if a.model in MODELS else None
-    check(cls is not None, f"unknown model {a.model!r}; valid: {', '.join(sorted(MODELS))}")
-    config = make_config(cls.Config, overrides)
+    check(a.model in MODELS, f"unknown model {a.model!r}; valid: {', '.join(sorted(MODELS))}")
+    config = make_config(MODELS[a.model].Config, {**parse_sets(a.set), "K": a.layers})
+    init_from = check_init_from(Path(a.init_from), a.model) if a.init_from else None
     options = TrainOptions(batch=a.batch, loss=a.loss, loss_lam=a.loss_lam, eval_every=a.eval_every, seed=a.seed)
     kw = dict(samples=a.budget_samples, batch=a.batch)
     if a.lr is not None:
@@ -69,15 +67,19 @@ def new_run(a: argparse.Namespace) -> tuple[Trainer, dict]:
                    problem=dict(source=str(Path(a.problem).resolve()), sha256=sha256(out / "problem.npz"),
                                 spec=json.loads(problem.spec.to_json())),
                    device=str(a.device), torch=torch.__version__)
-    if a.init_from:
-        init = Path(a.init_from)
-        src = read_run_config(init)
-        check(src["model"] == a.model, f"--init-from {init} holds a {src['model']!r} model, not {a.model!r}")
-        result = json.loads((init / "result.json").read_text()) if (init / "result.json").exists() else None
-        check(result is not None, f"--init-from {init} has not finished training (no result.json)")
-        run_cfg["init_from"] = dict(run=str(init.resolve()), weights_sha256=result["weights_sha256"])
+    if init_from:
+        run_cfg["init_from"] = init_from
     write_run_config(out, run_cfg)
     return make_trainer(out, run_cfg, problem, a.device), run_cfg
+
+
+def check_init_from(init: Path, model: str) -> dict:
+    """The warm-start reference ``{run, weights_sha256}`` of a finished run of ``model``."""
+    src = read_run_config(init)
+    check(src["model"] == model, f"--init-from {init} holds a {src['model']!r} model, not {model!r}")
+    check((init / "result.json").exists(), f"--init-from {init} has not finished training (no result.json)")
+    result = json.loads((init / "result.json").read_text())
+    return dict(run=str(init.resolve()), weights_sha256=result["weights_sha256"])
 
 
 def make_trainer(run: Path, cfg: dict, problem: Problem, device: torch.device) -> Trainer:
@@ -198,6 +200,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 def add_commands(sub) -> None:
     from .cli import add_test_options, device_arg, number, positive_int
+    from .repro import add_repro_command
     from .train import LOSSES, SCHEDULES
 
     pt = sub.add_parser("train", help="train a model into a resumable run directory")
@@ -234,7 +237,7 @@ def add_commands(sub) -> None:
     pd.add_argument("--layers", type=positive_int, default=16)
     pd.add_argument("--test-size", type=positive_int, default=10000)
     pd.set_defaults(func=cmd_demo)
-    from .repro import add_repro_command; add_repro_command(sub)  # noqa: E702, I001
+    add_repro_command(sub)
 
 
 def train_entry(a: argparse.Namespace) -> None:
