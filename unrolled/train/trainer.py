@@ -71,7 +71,6 @@ class Trainer:
         self.model, self.problem, self.stages, self.opt = model, problem, stages, options
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.log = log or self._default_log
-        self.verbose = False  # a line per validation when the output is not a terminal
         self.device, self.dtype = model.A.device, model.A.dtype
         x, y = problem.validation(torch.float64)
         self.x_val = x[: options.val_size].to(self.device, self.dtype)
@@ -244,17 +243,20 @@ class Trainer:
         self._write_state()
 
     def _progress(self, stage: Stage, val: float) -> None:
-        """A progress bar with the current validation value (in place on a terminal)."""
+        """A progress bar with the current validation value: in place on a terminal, a line
+        per validation in a log file; a caller's own ``log`` gets the stage summaries only."""
         c = self.c
         done = c["step"] / stage.max_steps
         bar = "#" * round(20 * done) + "." * (20 - round(20 * done))
         unit = "" if self.opt.loss == "lasso" else " dB"
         line = (f"stage {c['stage'] + 1}/{len(self.stages)} [{bar}] step {c['step']}/{stage.max_steps} "
                 f"val {val:.2f}{unit} best {c['best']:.2f}{unit} ({c['samples']:,} samples, {self.seconds:.0f} s)")
-        if sys.stderr.isatty() and self.log is self._default_log:
+        if self.log is not self._default_log:
+            return
+        if sys.stderr.isatty():
             print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif self.verbose:
-            self.log(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def _finish_stage(self, stage: Stage) -> None:
         self._restore(self.best)
