@@ -135,8 +135,9 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     for k in range(depth + 1):
         cells = [table.get((m, k)) for m in methods]
         lines.append(f"{k:>5}" + "".join(f"{'':>{width}}" if c is None else f"{c:>{width}.2f}" for c in cells))
-    for name, floor in floors.items():
-        lines.append(f"{name} floor: {floor:.2f} dB")
+    if floors:
+        name, floor = next(iter(floors.items()))
+        lines.append("floor: " + ", ".join(f"{k} {v:.2f} dB" for k, v in floors.items()))
         last = {m: max(k for (mm, k) in table if mm == m) for m in methods}
         gaps = "".join(f"{table[(m, last[m])] - floor:>{width}.2f}" for m in methods)
         lines.append(f"{'gap':>5}" + gaps + f"   (final layer minus {name})")

@@ -22,6 +22,7 @@ def plot_layers(rows: list[dict], path: str | Path, title: str = "", metric: str
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    floors = []
     for m in methods:
         pts = sorted((int(r["layer"]), float(r[metric])) for r in rows if r["method"] == m and r["layer"] != "")
         if pts:
@@ -29,7 +30,10 @@ def plot_layers(rows: list[dict], path: str | Path, title: str = "", metric: str
         else:
             val = next(float(r[metric]) for r in rows if r["method"] == m)
             ax.axhline(val, ls="--", lw=1, color="gray")
-            ax.annotate(f"{m} {val:.1f} dB", (0, val), textcoords="offset points", xytext=(2, 3), fontsize=7)
+            floors.append((m, val))
+    if floors:  # one label for all floors (least squares and MMSE nearly coincide)
+        text = ", ".join(f"{m} {v:.1f} dB" for m, v in floors)
+        ax.annotate(text, (0, min(v for _, v in floors)), textcoords="offset points", xytext=(2, 3), fontsize=7)
     ax.set_xlabel("layer / iteration")
     ax.set_ylabel("aggregate NMSE (dB)" if metric == "nmse_db" else "mean per-sample NMSE (dB)")
     ax.set_title(title, fontsize=9)
