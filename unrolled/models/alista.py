@@ -19,15 +19,7 @@ from torch import Tensor, nn
 from .. import functional as F
 from ..analytic import analytic_weights
 from ..errors import choice
-from .base import Config, UnrolledNet, register
-
-
-def scalars(**values: float) -> nn.Module:
-    """A module holding one learnable scalar per keyword."""
-    mod = nn.Module()
-    for k, v in values.items():
-        mod.register_parameter(k, nn.Parameter(torch.tensor(float(v), dtype=torch.float64)))
-    return mod
+from .base import Config, UnrolledNet, layer, register
 
 
 @dataclass
@@ -62,7 +54,7 @@ class ALISTA(AnalyticNet):
 
     def __init__(self, problem, config: AlistaConfig) -> None:
         super().__init__(problem, config)
-        self.layers = nn.ModuleList(scalars(gamma=config.gamma0, theta=self.theta0()) for _ in range(self.K))
+        self.layers = nn.ModuleList(layer(gamma=config.gamma0, theta=self.theta0()) for _ in range(self.K))
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
@@ -108,7 +100,7 @@ class AGLISTA(AnalyticNet):
         super().__init__(problem, config)
         c = config
         self.theta_init = nn.Parameter(torch.tensor(c.theta_init, dtype=torch.float64))
-        self.layers = nn.ModuleList(scalars(gamma=c.gamma0, theta=self.theta0(), nu=c.nu0, v=c.v0, a=c.a0)
+        self.layers = nn.ModuleList(layer(gamma=c.gamma0, theta=self.theta0(), nu=c.nu0, v=c.v0, a=c.a0)
                                     for _ in range(self.K))
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:

@@ -170,6 +170,15 @@ def support_schedule(config: Config, problem: Problem) -> tuple[list[int], bool]
     return [0] * K, True
 
 
+def layer(**values: float | Tensor) -> nn.Module:
+    """A module holding one learnable float64 tensor per keyword (a float gives a scalar)."""
+    mod = nn.Module()
+    for k, v in values.items():
+        v = v.detach().clone() if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float64)
+        mod.register_parameter(k, nn.Parameter(v.to(torch.float64)))
+    return mod
+
+
 MODELS: dict[str, type[UnrolledNet]] = {}
 
 

@@ -44,8 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError, check, choice
-from .base import Config, UnrolledNet, register
-from .lista import layer
+from .base import Config, UnrolledNet, layer, register
 
 NEURONS = ("soft", "relu", "leaky")
 INJECTIONS = ("lwa", "naive", "momentum")

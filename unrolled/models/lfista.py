@@ -19,8 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from .base import UnrolledNet, register
-from .lista import layer
+from .base import UnrolledNet, layer, register
 
 
 @register("lfista")

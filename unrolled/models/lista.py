@@ -15,16 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import Config, UnrolledNet, register
-
-
-def layer(**values: float | Tensor) -> nn.Module:
-    """A module holding one learnable float64 tensor per keyword (a float gives a scalar)."""
-    mod = nn.Module()
-    for k, v in values.items():
-        v = v.detach().clone() if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float64)
-        mod.register_parameter(k, nn.Parameter(v.to(torch.float64)))
-    return mod
+from .base import Config, UnrolledNet, layer, register
 
 
 @dataclass

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from .. import functional as F
-from .base import Config, UnrolledNet, register
-from .lista import layer
+from .base import Config, UnrolledNet, layer, register
 
 
 @dataclass

@@ -12,8 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .. import functional as F
-from .base import UnrolledNet, register
-from .lista import layer
+from .base import UnrolledNet, layer, register
 
 
 @register("slista")
