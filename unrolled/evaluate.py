@@ -130,7 +130,7 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     table = {(r["method"], r["layer"]): r[metric] for r in rows if r["layer"] != ""}
     depth = max((r["layer"] for r in rows if r["layer"] != ""), default=0)
     width = max([10] + [len(m) + 1 for m in methods])
-    lines = [f"{label} per layer, over {'the test set'}",
+    lines = [f"{label} per layer, over the test set",
              "layer" + "".join(f"{m:>{width}}" for m in methods)]
     for k in range(depth + 1):
         cells = [table.get((m, k)) for m in methods]
