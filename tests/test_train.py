@@ -85,6 +85,19 @@ def test_optimiser_groups_use_per_layer_learning_rates():
     assert lrs == pytest.approx([1e-3 * 0.2 * 0.3**2, 1e-3 * 0.2 * 0.3, 1e-3 * 0.2])
 
 
+def test_tied_weights_train_at_the_newest_layers_rate():
+    problem = small_problem()
+    model = build("lista", problem, dict(K=3, tied=True), torch.float64)
+    stage = stagewise(3, lr=1e-3, samples=3 * 512 * 10)[7]  # layer 3, all layers at lr * 0.2
+    opt = Trainer(model, problem, [stage], TrainOptions(val_size=100))._make_optim(stage)
+    shared = {id(p) for p in model.shared_parameters()}
+    assert shared, "tied LISTA must have shared parameters"
+    for g in opt.param_groups:
+        if any(id(p) in shared for p in g["params"]):
+            assert all(id(p) in shared for p in g["params"]) and g["lr"] == pytest.approx(1e-3 * 0.2)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
 def test_best_validation_weights_are_restored():
     problem = small_problem()
     model = build("alista", problem, dict(K=3), torch.float64)

@@ -138,14 +138,16 @@ class UnrolledNet(nn.Module):
         """Soft threshold with this model's support selection at layer ``t``."""
         return F.shrink(z, theta, self.keep[t - 1], self.with_theta)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside the per-layer modules (tied weights, NA-ALISTA's LSTM): used by every layer."""
+        in_layers = {id(p) for p in self.layers.parameters()}
+        return [p for p in self.parameters() if id(p) not in in_layers]
+
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters new in layer ``t``; shared ones belong to layer 1."""
         check(1 <= t <= self.K, f"layer {t} is outside 1..{self.K}")
         own = list(self.layers[t - 1].parameters()) if len(self.layers) else []
-        if t == 1:
-            in_layers = {id(p) for p in self.layers.parameters()}
-            own = [p for p in self.parameters() if id(p) not in in_layers] + own
-        return own
+        return self.shared_parameters() + own if t == 1 else own
 
     def extra_state_tensors(self) -> dict[str, Tensor]:
         """Non-parameter tensors that a checkpoint must keep (buffers are in state_dict)."""

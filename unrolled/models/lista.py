@@ -20,7 +20,7 @@ from .base import Config, UnrolledNet, layer, register
 
 @dataclass
 class ListaConfig(Config):
-    tied: bool = False  # one W for every layer (shared, trained with layer 1)
+    tied: bool = False  # one W for every layer (shared: trained at the newest layer's rate)
 
 
 @register("lista")

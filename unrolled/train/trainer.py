@@ -118,11 +118,16 @@ class Trainer:
     # -- optimiser ----------------------------------------------------------------------------
 
     def _make_optim(self, stage: Stage) -> torch.optim.Optimizer:
+        # Shared (tied) parameters act in every layer, the newest included: they train at the
+        # newest layer's rate. Decaying them as "layer 1" (0.3^(t-1)) would freeze tied LISTA.
+        shared = {id(p) for p in self.model.shared_parameters()}
         groups = []
         for layer in stage.layers:
             ps = [p for p in self.model.layer_parameters(layer) if p.requires_grad]
-            if ps:
-                groups.append({"params": ps, "lr": stage.lr_of(layer), "base_lr": stage.lr_of(layer)})
+            for part, lr in ([p for p in ps if id(p) in shared], stage.lr_of(stage.depth)), \
+                            ([p for p in ps if id(p) not in shared], stage.lr_of(layer)):
+                if part:
+                    groups.append({"params": part, "lr": lr, "base_lr": lr})
         check(groups, f"stage {stage.name} has no trainable parameter (model {self.model.name!r} is fixed)")
         return torch.optim.Adam(groups)
 
