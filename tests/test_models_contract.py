@@ -172,6 +172,21 @@ def test_design_space_variants(variant, problem, batch):
     assert sorted(seen) == sorted(id(p) for p in model.parameters())
 
 
+@pytest.mark.parametrize("variant", [{"matrix": "untied"}, {"matrix": "fixed"}, {"denoiser": "soft"},
+                                     {"denoiser": "soft", "matrix": "untied"}], ids=str)
+def test_lamp_variants(variant, problem, batch):
+    x, y = batch
+    model = build("lamp", problem, dict(variant, K=K), F64)
+    perturb(model)
+    outs = model(y, all_layers=True)
+    assert len(outs) == K + 1 and outs[-1].shape == x.shape
+    ((outs[-1] - x) ** 2).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    seen = [id(p) for t in range(1, K + 1) for p in model.layer_parameters(t)]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())
+
+
 # -- bad configurations fail with one line that lists what is valid ---------------------------
 
 def raises_listing(fn, *needles: str) -> str:

@@ -186,6 +186,45 @@ def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, 
     return shrink(gradient_step(x, y, A, W, gamma), theta, keep, with_theta)
 
 
+def bg_denoise(r: Tensor, tau2: Tensor, eps: Tensor | float, var: Tensor | float) -> tuple[Tensor, Tensor]:
+    """MMSE estimate of ``x`` from ``r = x + N(0, tau2)`` under ``x ~ (1 - eps) delta_0 + eps N(0, var)``,
+    and the per-sample mean of its derivative in ``r`` (the Onsager term of AMP).
+
+    ``E[x | r] = pi(r) c r`` with ``c = var / (var + tau2)`` and ``pi = sigmoid(llr)`` the
+    posterior probability that the entry is non-zero; ``d/dr = c pi (1 + (1 - pi) c r^2 / tau2)``.
+    """
+    c = var / (var + tau2)
+    llr = torch.log(eps / (1 - eps)) if isinstance(eps, Tensor) else math.log(eps / (1 - eps))
+    llr = llr + 0.5 * torch.log(1 - c) + (0.5 * c / tau2) * r * r
+    pi = torch.sigmoid(llr)
+    x = pi * c * r
+    dx = (c * pi * (1 + (1 - pi) * (c / tau2) * r * r)).mean(-1, keepdim=True)
+    return x, dx
+
+
+def soft_denoise(r: Tensor, tau2: Tensor, alpha: Tensor | float) -> tuple[Tensor, Tensor]:
+    """``eta_{alpha tau}(r)`` (AMP's soft threshold at ``alpha`` noise deviations) and the mean of its derivative."""
+    theta = alpha * tau2.sqrt()
+    return soft_threshold(r, theta), (r.abs() > theta).to(r.dtype).mean(-1, keepdim=True)
+
+
+def amp_step(x: Tensor, v: Tensor, onsager: Tensor | float, y: Tensor, A: Tensor, B: Tensor,
+             denoise, gain: Tensor | float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """One (learned) AMP iteration; returns ``(x, v, onsager)`` for the next one.
+
+    ``v = y - A x + onsager v_prev`` (the residual with its Onsager correction),
+    ``tau2 = gain ||v||^2 / m`` (the effective noise variance), ``r = x + B^T v`` and
+    ``x <- denoise(r, tau2)``; the next correction is ``(n / m) mean(denoise')``. AMP is
+    ``B = A`` and ``gain = 1`` (Donoho, Maleki & Montanari 2009); LAMP learns them
+    (Borgerding, Schniter & Rangan 2017).
+    """
+    m, n = A.shape
+    v = y - x @ A.T + onsager * v
+    tau2 = ((gain / m) * (v * v).sum(-1, keepdim=True)).clamp_min(torch.finfo(v.dtype).eps ** 2)
+    x, dx = denoise(x + v @ B, tau2)
+    return x, v, (n / m) * dx
+
+
 def fista_momentum(t: float) -> tuple[float, float]:
     """``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2`` and the extrapolation weight ``(t_k - 1) / t_{k+1}``."""
     t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
