@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, check
+from ..errors import UsageError, check, choice
 from ..problem import ProblemSpec
+from ..solvers import SOLVERS
 from ..train import SCHEDULES, TrainOptions
 
 if sys.version_info >= (3, 11):
@@ -35,6 +36,7 @@ SCALED = ("m", "n", "rank", "s")  # problem sizes multiplied by a budget's scale
 TEST_ONLY = ("test_noise", "test_snr", "sp_density", "test_perturb", "test_size")
 OPTION_KEYS = ["loss", "loss_lam", "labelled", "semi_weight", "eval_every"]
 
+FIXED_NETWORKS = ("amp",)  # untrained baselines that are registry models rather than solvers
 TOP_KEYS = ["title", "reproduces", "notes", "seed", "metric", "baselines", "oracle", "problem", "grid", "models",
             "schedule", "analysis", "architectures", "budget", "paper", "claims", "plot"]
 MODEL_KEYS = ["model", "label", "config", "schedule", "pending"]
@@ -236,9 +238,11 @@ def load(name: str, configs: Path | None = None) -> Experiment:
         check(isinstance(analysis, dict) and analysis.get("name") in ANALYSES,
               f"{where}: [analysis] needs name = one of {', '.join(ANALYSES)}")
         ANALYSES[analysis["name"]].check(analysis, where)
+    baselines = [choice(b, [*SOLVERS, *FIXED_NETWORKS], f"baseline in {where}")
+                 for b in raw.get("baselines", ["ista", "fista"])]
     return Experiment(
         name=path.stem, path=path, title=raw["title"], reproduces=raw["reproduces"], notes=raw.get("notes", ""),
-        seed=int(raw.get("seed", 0)), metric=metric, baselines=list(raw.get("baselines", ["ista", "fista"])),
+        seed=int(raw.get("seed", 0)), metric=metric, baselines=baselines,
         oracle=bool(raw.get("oracle", True)), problem=problem, grids=grids, models=models, schedule=schedule,
         analysis=analysis,
         architectures=known(raw.get("architectures", {}), ["neurons"], f"[architectures] of {where}"),
