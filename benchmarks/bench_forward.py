@@ -46,7 +46,8 @@ from unrolled.models import MODELS, build
 from unrolled.models.design_space import extra_connections
 from unrolled.problem import Problem, ProblemSpec
 
-GRADIENT_STEP = {"ista", "fista", "alista", "alista-at", "aglista", "lista-cp", "lista-cpss", "tilista", "slista"}
+GRADIENT_STEP = {"ista", "fista", "alista", "alista-at", "aglista", "lista-cp", "lista-cpss", "tilista", "slista",
+                 "amp", "lamp"}  # AMP: A x and B^T v per layer, like a gradient step
 
 
 def matmul_flops(model, batch: int) -> float | None:

@@ -43,9 +43,9 @@ def summarize(run: Path) -> dict:
     oracle = final.get("oracle-ls") if not math.isinf(float(snr)) else None  # noiseless: exact recovery
     return dict(run=str(run), model=model, m=spec["m"], n=spec["n"], snr=snr, K=K, samples=res["samples"],
                 seconds=res["seconds"], device=res["device"], schedule=cfg["schedule"], ours=final[model],
-                ista=final.get("ista"), fista=final.get("fista"), oracle=oracle, published=pub,
+                ista=final.get("ista"), fista=final.get("fista"), amp=final.get("amp"), oracle=oracle, published=pub,
                 config=" ".join(f"{k}={v}" for k, v in cfg["model_config"].items()
-                                if k in ("ss", "ss_theta", "head", "gamma0", "theta0")),
+                                if k in ("ss", "ss_theta", "ss_ramp", "head", "gamma0", "theta0", "matrix")),
                 init_from=Path(cfg["init_from"]["run"]).name if "init_from" in cfg else "",
                 lr=cfg["stages"][0]["lr"], test_size=int(rows[0].get("test_size", 0) or 0))
 
@@ -55,16 +55,17 @@ def fmt(v, spec=".1f") -> str:
 
 
 def markdown(items: list[dict]) -> str:
-    head = ("| model | m×n | SNR | K | ours (dB) | published | ISTA | FISTA | oracle | gap to oracle | "
+    head = ("| model | m×n | SNR | K | ours (dB) | published | ISTA | FISTA | AMP | oracle | gap to oracle | "
             "samples | wall (s) | device | schedule, lr, config |")
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for d in items:
         gap = None if d["oracle"] is None else d["ours"] - d["oracle"]
         oracle = "exact" if d["oracle"] is None and math.isinf(float(d["snr"])) else fmt(d["oracle"], ".2f")
         lines.append(f"| {d['model']} | {d['m']}×{d['n']} | {d['snr']} | {d['K']} | **{d['ours']:.2f}** | "
-                     f"{fmt(d['published'])} | {fmt(d['ista'])} | {fmt(d['fista'])} | {oracle} | "
+                     f"{fmt(d['published'])} | {fmt(d['ista'])} | {fmt(d['fista'])} | {fmt(d['amp'])} | {oracle} | "
                      f"{fmt(gap, '.2f')} | {d['samples']:,} | {d['seconds']:.0f} | {d['device']} | "
-                     f"{d['schedule']}, {d['lr']:g}, {d['config']} |")
+                     f"{d['schedule']}, {d['lr']:g}, {d['config']}"
+                     + (f", from {d['init_from']}" if d["init_from"] else "") + " |")
     return "\n".join(lines)
 
 

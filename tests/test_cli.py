@@ -226,3 +226,17 @@ def test_solve_default_output_name(tmp_path, capsys, monkeypatch, prob):
     monkeypatch.chdir(tmp_path)
     assert main(["solve", str(prob), "--algo", "fista", "--iters", "3", "--lam", "0.1", "--test-size", "10"]) == 0
     assert (tmp_path / "small-solve.csv").exists()
+
+
+def test_solve_with_amp(tmp_path, capsys, prob):
+    out = tmp_path / "amp.csv"
+    assert main(["solve", str(prob), "--algo", "ista,amp", "--iters", "4", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert {r["method"] for r in rows} >= {"ista", "amp", "oracle-ls"}
+    assert sum(r["method"] == "amp" for r in rows) == 5  # layers 0..4
+    text = capsys.readouterr().out
+    assert "ista: lambda" in text and "amp: lambda" not in text
+    gamma = tmp_path / "gamma.npz"
+    assert main(["problem", "create", str(gamma), *SMALL, "--signal", "gamma"]) == 0
+    fails(capsys, ["solve", gamma, "--algo", "amp", "--out", tmp_path / "g.csv"], "amp needs signals with zeros",
+          out=tmp_path / "g.csv")

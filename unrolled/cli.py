@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import evaluate as E
-from .errors import UsageError, check
+from .errors import UsageError, check, choice
 from .problem import MATRICES, SIGNALS, TEST_NOISES, Problem, ProblemSpec, _stream
 
 
@@ -184,17 +184,19 @@ def cmd_solve(a: argparse.Namespace) -> None:
     problem = Problem.load(a.problem)
     algos = [s.strip() for s in a.algo.split(",")]
     for algo in algos:
-        solvers.get_solver(algo)
+        choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS], "algorithm")
+    if "amp" in algos:
+        check(E.amp_applies(problem.spec), f"amp needs signals with zeros (this problem's are {problem.spec.signal}, "
+              f"p={problem.spec.p}); drop amp from --algo")
     x, y = load_test(problem, a)
-    xv, yv = problem.validation(torch.float64)
-    xv, yv = xv[: a.tune_size], yv[: a.tune_size]
     t0 = time.perf_counter()
-    rows = E.classical_rows(problem.A, x, y, xv, yv, a.iters, algos, a.lam)
+    rows = E.baseline_rows(problem, x, y, a.iters, algos, a.lam, a.tune_size)
     seconds = time.perf_counter() - t0
     rows += E.oracle_rows(problem.A, x, y, test_snr(problem, a))
     for algo in algos:
-        lam = next(r["lam"] for r in rows if r["method"] == algo)
-        print(f"{algo}: lambda = {lam:.4g}" + (" (tuned on the validation set)" if a.lam == "auto" else ""))
+        lam = next((r["lam"] for r in rows if r["method"] == algo and "lam" in r), None)
+        if lam is not None:
+            print(f"{algo}: lambda = {lam:.4g}" + (" (tuned on the validation set)" if a.lam == "auto" else ""))
     print(f"test set: {len(x)} signals; {seconds:.1f} s for tuning and solving")
     print(E.format_table(rows))
     out = a.out or f"{Path(a.problem).stem}-solve.csv"
@@ -235,7 +237,7 @@ def build_parser() -> Parser:
 
     ps = sub.add_parser("solve", help="classical solvers: per-iteration NMSE table and CSV")
     ps.add_argument("problem")
-    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt (comma-separated)")
+    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt, amp (comma-separated)")
     ps.add_argument("--iters", type=positive_int, default=16)
     ps.add_argument("--lam", type=lam_value, default="auto", help="'auto' (tuned on validation) or a value")
     ps.add_argument("--tune-size", type=positive_int, default=1000, help="validation signals used to tune lambda")

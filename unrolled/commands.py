@@ -143,10 +143,7 @@ def evaluate_run(run: Path, a: argparse.Namespace, baselines: bool = True) -> li
                 test_size=len(x), torch=torch.__version__)
     rows = E.evaluate_model(model, x, y, cfg["model"])
     if baselines:
-        xv, yv = problem.validation(torch.float64)
-        rows += E.classical_rows(problem.A, x, y, xv[:1000], yv[:1000], model.K)
-        if 0 < problem.spec.p < 1:  # AMP with the generator's Bernoulli-Gaussian prior, untrained
-            rows += E.evaluate_model(build("amp", problem, dict(K=model.K), torch.float64), x, y)
+        rows += E.baseline_rows(problem, x, y, model.K)
     rows += E.oracle_rows(problem.A, x, y, test_snr(problem, a))
     return [{**meta, **r} for r in rows]
 

@@ -81,6 +81,9 @@ def evaluate_model(model, x: Tensor, y: Tensor, method: str | None = None, chunk
     return evaluate_layers(lambda yc: model(yc.to(dev, dt), all_layers=True), x, y, method or model.name, chunk, **meta)
 
 
+FIXED_NETWORKS = ("amp",)  # untrained baselines that are registry models rather than Lasso solvers
+
+
 def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, iters: int,
                    algos: Iterable[str] = ("ista", "fista"), lam: float | str = "auto",
                    chunk: int = 2000) -> list[dict]:
@@ -92,6 +95,30 @@ def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor
         lam_a = solvers.tune_lambda(algo, A, x_val, y_val, iters)[0] if lam == "auto" else float(lam)
         rows += evaluate_layers(lambda yc, s=solver, la=lam_a: s(A, yc, la, iters, L), x, y, algo, chunk,
                                 lam=lam_a)
+    return rows
+
+
+def amp_applies(spec) -> bool:
+    """Whether AMP's Bernoulli-Gaussian prior fits the signals: some entries are zero."""
+    return spec.signal != "gamma" and 0 < spec.p < 1
+
+
+def baseline_rows(problem, x: Tensor, y: Tensor, iters: int, names: Iterable[str] = ("ista", "fista", "amp"),
+                  lam: float | str = "auto", tune_size: int = 1000) -> list[dict]:
+    """Classical baselines at depth ``iters``: Lasso solvers (``lam`` tuned on the first
+    ``tune_size`` validation vectors) and AMP with the problem's Bernoulli-Gaussian prior
+    (skipped where the signals have no zeros)."""
+    from .models import build
+
+    names = list(names)
+    lasso = [a for a in names if a not in FIXED_NETWORKS]
+    rows = []
+    if lasso:
+        xv, yv = problem.validation(torch.float64)
+        rows = classical_rows(problem.A, x, y, xv[:tune_size], yv[:tune_size], iters, lasso, lam)
+    for name in names:
+        if name in FIXED_NETWORKS and amp_applies(problem.spec):
+            rows += evaluate_model(build(name, problem, dict(K=iters), torch.float64), x, y)
     return rows
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, check, choice
+from ..evaluate import FIXED_NETWORKS
 from ..problem import ProblemSpec
 from ..solvers import SOLVERS
 from ..train import SCHEDULES, TrainOptions
@@ -36,7 +37,6 @@ SCALED = ("m", "n", "rank", "s")  # problem sizes multiplied by a budget's scale
 TEST_ONLY = ("test_noise", "test_snr", "sp_density", "test_perturb", "test_size")
 OPTION_KEYS = ["loss", "loss_lam", "labelled", "semi_weight", "eval_every"]
 
-FIXED_NETWORKS = ("amp",)  # untrained baselines that are registry models rather than solvers
 TOP_KEYS = ["title", "reproduces", "notes", "seed", "metric", "baselines", "oracle", "problem", "grid", "models",
             "schedule", "analysis", "architectures", "budget", "paper", "claims", "plot"]
 MODEL_KEYS = ["model", "label", "config", "schedule", "pending"]

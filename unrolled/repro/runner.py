@@ -28,7 +28,7 @@ from ..models import design_space as D
 from ..problem import Problem, _stream
 from ..train import Trainer, finish_run, load_weights, make_schedule, write_run_config
 from . import analyses
-from .config import FIXED_NETWORKS, PROBLEM_KEYS, TEST_ONLY, Budget, Cell, Experiment, ModelEntry, train_options
+from .config import PROBLEM_KEYS, TEST_ONLY, Budget, Cell, Experiment, ModelEntry, train_options
 
 GATES = {"lista": D.lista_gates, "lfista": D.lfista_gates, "dense": D.dense_gates}
 
@@ -176,13 +176,7 @@ class Runner:
     def classical(self, problem: Problem, x, y) -> list[dict]:
         K, s = self.budget.K, problem.spec
         rows = []
-        solvers = [b for b in self.exp.baselines if b not in FIXED_NETWORKS]
-        if solvers:  # lambda tuned on validation at depth K
-            xv, yv = problem.validation(torch.float64)
-            rows = E.classical_rows(problem.A, x, y, xv[:1000], yv[:1000], K, solvers)
-        for name in self.exp.baselines:
-            if name in FIXED_NETWORKS and 0 < s.p < 1:  # AMP's Bernoulli-Gaussian prior needs zeros
-                rows += E.evaluate_model(build(name, problem, dict(K=K), torch.float64), x, y)
+        rows = E.baseline_rows(problem, x, y, K, self.exp.baselines)
         for r in rows:
             r["final"] = int(r["layer"] == K)
         if self.exp.oracle and s.signal != "gamma":  # no support oracle for signals without zeros
