@@ -237,5 +237,10 @@ def test_init_from_warm_starts_with_the_source_weights(tmp_path, problem_file, c
     bad = ["train", str(problem_file), "--model", "tilista", "--layers", "4", "--out", str(tmp_path / "bad"),
            "--init-from", str(src)]
     assert main(bad) == 2
-    assert "not 'tilista'" in capsys.readouterr().err
+    assert "does not fit model 'tilista'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+    # ALISTA-AT has ALISTA's parameters (its thresholds adapt per entry): a warm start across families.
+    at = ["train", str(problem_file), "--model", "alista-at", "--layers", "4", "--out", str(tmp_path / "at"),
+          "--init-from", str(src), "--budget-samples", "64", "--batch", "64", "--lr", "1e-9"]
+    assert main(at) == 0
+    assert json.loads((tmp_path / "at" / "config.json").read_text())["init_from"]["model"] == "alista"

@@ -49,7 +49,7 @@ def new_run(a: argparse.Namespace) -> tuple[Trainer, dict]:
     problem = Problem.load(a.problem)
     check(a.model in MODELS, f"unknown model {a.model!r}; valid: {', '.join(sorted(MODELS))}")
     config = make_config(MODELS[a.model].Config, {**parse_sets(a.set), "K": a.layers})
-    init_from = check_init_from(Path(a.init_from), a.model) if a.init_from else None
+    init_from = check_init_from(Path(a.init_from), build(a.model, problem, config)) if a.init_from else None
     options = TrainOptions(batch=a.batch, loss=a.loss, loss_lam=a.loss_lam, eval_every=a.eval_every, seed=a.seed)
     kw = dict(samples=a.budget_samples, batch=a.batch)
     if a.lr is not None:
@@ -73,19 +73,20 @@ def new_run(a: argparse.Namespace) -> tuple[Trainer, dict]:
     return make_trainer(out, run_cfg, problem, a.device), run_cfg
 
 
-def check_init_from(init: Path, model: str) -> dict:
-    """The warm-start reference ``{run, weights_sha256}`` of a finished run of ``model``."""
+def check_init_from(init: Path, model: torch.nn.Module) -> dict:
+    """The warm-start reference ``{run, model, weights_sha256}`` of a finished run whose weights
+    fit ``model`` (the same family, or one with the same parameters: ALISTA -> ALISTA-AT)."""
     src = read_run_config(init)
-    check(src["model"] == model, f"--init-from {init} holds a {src['model']!r} model, not {model!r}")
     check((init / "result.json").exists(), f"--init-from {init} has not finished training (no result.json)")
     result = json.loads((init / "result.json").read_text())
-    return dict(run=str(init.resolve()), weights_sha256=result["weights_sha256"])
+    load_weights(model, init / "weights.safetensors", result["weights_sha256"])  # refuses a misfit in one line
+    return dict(run=str(init.resolve()), model=src["model"], weights_sha256=result["weights_sha256"])
 
 
 def make_trainer(run: Path, cfg: dict, problem: Problem, device: torch.device) -> Trainer:
     torch.manual_seed(cfg["options"]["seed"])  # model initialisations that draw random numbers
     model = build(cfg["model"], problem, cfg["model_config"])
-    if "init_from" in cfg:  # a warm start: the parameters of another run (same model, any config)
+    if "init_from" in cfg:  # a warm start: the parameters of another run (any config, fitting tensors)
         init = cfg["init_from"]
         load_weights(model, Path(init["run"]) / "weights.safetensors", init["weights_sha256"])
     model = model.to(device)

@@ -175,7 +175,6 @@ class Runner:
 
     def classical(self, problem: Problem, x, y) -> list[dict]:
         K, s = self.budget.K, problem.spec
-        rows = []
         rows = E.baseline_rows(problem, x, y, K, self.exp.baselines)
         for r in rows:
             r["final"] = int(r["layer"] == K)
