@@ -4,7 +4,8 @@
 
 Reads only the tables written by ``unrolled eval`` (plus ``config.json``/``result.json``
 for the training budget); prints a markdown table with the published number (SPEC §10,
-NA-ALISTA reference logs) where one exists.
+NA-ALISTA reference logs) where one exists. "samples" counts the whole warm-start chain
+(a run trained ``--init-from`` another adds the other's samples); "wall" is the run's own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ PUBLISHED = {key: dict(zip(_MODELS, vals, strict=True)) for key, vals in {
 }.items()}
 
 
+def chain_samples(run: Path) -> int:
+    """Training samples of ``run`` plus those of the runs it was warm-started from (``--init-from``)."""
+    cfg = json.loads((run / "config.json").read_text())
+    own = json.loads((run / "result.json").read_text())["samples"]
+    return own + (chain_samples(Path(cfg["init_from"]["run"])) if "init_from" in cfg else 0)
+
+
 def summarize(run: Path) -> dict:
     rows = list(csv.DictReader(open(run / "eval.csv", newline="")))
     cfg = json.loads((run / "config.json").read_text())
@@ -41,7 +49,7 @@ def summarize(run: Path) -> dict:
     key = (int(snr), spec["n"]) if not math.isinf(float(snr)) else None
     pub = PUBLISHED.get(key, {}).get(model)
     oracle = final.get("oracle-ls") if not math.isinf(float(snr)) else None  # noiseless: exact recovery
-    return dict(run=str(run), model=model, m=spec["m"], n=spec["n"], snr=snr, K=K, samples=res["samples"],
+    return dict(run=str(run), model=model, m=spec["m"], n=spec["n"], snr=snr, K=K, samples=chain_samples(run),
                 seconds=res["seconds"], device=res["device"], schedule=cfg["schedule"], ours=final[model],
                 ista=final.get("ista"), fista=final.get("fista"), amp=final.get("amp"), oracle=oracle, published=pub,
                 config=" ".join(f"{k}={v}" for k, v in cfg["model_config"].items()
