@@ -65,7 +65,8 @@ class AMP(UnrolledNet):
     def __init__(self, problem, config: AmpConfig) -> None:
         super().__init__(problem, config)
         self.p = problem.spec.p if config.p is None else config.p
-        check(0 < self.p < 1, f"the Bernoulli-Gaussian prior needs 0 < p < 1 (the problem has p={self.p}); set p")
+        check(config.denoiser != "bg" or 0 < self.p < 1,
+              f"the Bernoulli-Gaussian prior needs 0 < p < 1 (the problem has p={self.p}); set p or denoiser=soft")
 
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         ctx.update(v=torch.zeros_like(y), b=0.0)
@@ -97,7 +98,7 @@ class LAMP(AMP):
 
     def __init__(self, problem, config: LampConfig) -> None:
         super().__init__(problem, config)
-        if config.denoiser == "bg":  # unconstrained: logit p, log var, log gain
+        if config.denoiser == "bg":  # unconstrained parameters: logit p, log var, log gain
             init = dict(logit_p=math.log(self.p / (1 - self.p)), log_var=math.log(config.var), log_gain=0.0)
         else:
             init = dict(alpha=config.alpha, log_gain=0.0)
