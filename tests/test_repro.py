@@ -146,6 +146,20 @@ def test_editing_the_experiment_invalidates_only_the_cells_it_changes(tmp_path):
     assert {r["samples"] for r in read_table(out / "results.csv") if r["method"] == "alista"} == {"1280"}
 
 
+def test_finished_only_tables_what_is_done_and_computes_nothing(tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    out = tmp_path / "smoke" / "tiny"
+    run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    toml.write_text(TINY.replace("samples = 1920", "samples = 1280"))  # the model cell is now unfinished
+    lines = []
+    _, counts = run_experiment(str(toml), "smoke", out, log=lines.append, finished_only=True)
+    assert counts["computed"] == 0 and counts["trained"] == 0 and counts["missing"] == 1 and counts["reused"] == 1
+    assert any("not finished" in line for line in lines)
+    methods = {r["method"] for r in read_table(out / "results.csv")}
+    assert "alista" not in methods and "ista" in methods and (out / "report.md").exists()
+
+
 def test_report_flags_numbers_worse_than_the_paper(tmp_path):
     toml = tmp_path / "tiny.toml"
     toml.write_text(TINY)

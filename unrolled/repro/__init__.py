@@ -43,14 +43,17 @@ HOW = """## How it works
 
 
 def run_experiment(name: str, budget: str = "quick", out: str | Path | None = None, device: str = "cpu",
-                   configs: Path | None = None, log=print) -> tuple[Path, dict]:
-    """Run (or resume) one experiment; returns the output directory and the runner's counts."""
+                   configs: Path | None = None, log=print, finished_only: bool = False) -> tuple[Path, dict]:
+    """Run (or resume) one experiment; returns the output directory and the runner's counts.
+
+    ``finished_only``: write the table and report from the cells finished so far (while
+    another process is still running the experiment), computing nothing."""
     exp = load(name, configs)
     b = exp.budget(budget)
     out = Path(out) if out else Path("runs/repro") / budget / exp.name
     start = time.perf_counter()
     log(f"{exp.name} ({budget} budget): {exp.title}")
-    runner = Runner(exp, b, out, torch.device(device), log)
+    runner = Runner(exp, b, out, torch.device(device), log, finished_only)
     rows = runner.run()
     params = list(dict.fromkeys(k for c in exp.cells(b) for k in c.params))
     table = out / "results.csv"
@@ -130,7 +133,7 @@ def cmd_repro(a: argparse.Namespace) -> None:
               f"unknown device {a.device!r}; valid: cpu, cuda")
         check(not a.device.startswith("cuda") or torch.cuda.is_available(),
               "--device cuda requested but PyTorch sees no CUDA device; use --device cpu")
-        run_experiment(a.target, a.budget, a.out, a.device, configs)
+        run_experiment(a.target, a.budget, a.out, a.device, configs, finished_only=a.finished_only)
 
 
 def add_repro_command(sub) -> None:
@@ -139,6 +142,8 @@ def add_repro_command(sub) -> None:
     p.add_argument("--budget", choices=BUDGETS, default="quick", help="smoke | quick | paper (default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="output directory (default runs/repro/BUDGET/NAME)")
+    p.add_argument("--finished-only", action="store_true",
+                   help="tables and report from the cells finished so far; train and compute nothing")
     p.add_argument("--configs", default=None, help=f"experiments directory (default {CONFIG_DIR})")
     p.add_argument("--runs", default="runs/repro", help="summary: where the result tables are")
     p.add_argument("--docs", default="docs/reproduction.md", help="summary: the page to write")

@@ -82,10 +82,11 @@ class Runner:
     """Runs ``exp`` at ``budget`` into ``out``; ``log`` receives one line per cell."""
 
     def __init__(self, exp: Experiment, budget: Budget, out: Path, device: torch.device,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, finished_only: bool = False) -> None:
         self.exp, self.budget, self.out, self.device, self.log = exp, budget, Path(out), device, log
+        self.finished_only = finished_only  # tables from the finished cells; compute nothing
         self.store = self.out.parent / "_train"
-        self.counts = dict(computed=0, reused=0, trained=0, resumed=0, failed=0)
+        self.counts = dict(computed=0, reused=0, missing=0, trained=0, resumed=0, failed=0)
 
     # -- cells ---------------------------------------------------------------------------------
 
@@ -111,6 +112,10 @@ class Runner:
                 self.counts["reused"] += 1
                 self.log(f"{head} reused (finished earlier)")
                 continue
+            if self.finished_only:
+                self.counts["missing"] += 1
+                self.log(f"{head} not finished (left out of the tables)")
+                continue
             spec = cell.spec.to_json()
             if spec not in problems:
                 problems.clear()  # one problem (and its test set) in memory at a time
@@ -127,7 +132,7 @@ class Runner:
             summary = f"final {final[-1]['nmse_db']:.2f} dB" if final else f"{len(new)} rows"
             self.log(f"{head} {new[0].get('status', 'ok') if new else 'ok'}, {summary} ({seconds:.1f} s)")
         c = self.counts
-        self.log(f"{len(jobs)} cells: {c['computed']} computed, {c['reused']} reused; "
+        self.log(f"{len(jobs)} cells: {c['computed']} computed, {c['reused']} reused, {c['missing']} not finished; "
                  f"{c['trained']} trainings run, {c['resumed']} resumed, {c['failed']} failed")
         return rows
 
