@@ -146,7 +146,7 @@ def test_editing_the_experiment_invalidates_only_the_cells_it_changes(tmp_path):
     assert {r["samples"] for r in read_table(out / "results.csv") if r["method"] == "alista"} == {"1280"}
 
 
-def test_finished_only_tables_what_is_done_and_computes_nothing(tmp_path):
+def test_finished_only_tables_what_is_done_and_trains_nothing(tmp_path):
     toml = tmp_path / "tiny.toml"
     toml.write_text(TINY)
     out = tmp_path / "smoke" / "tiny"

@@ -46,8 +46,9 @@ def run_experiment(name: str, budget: str = "quick", out: str | Path | None = No
                    configs: Path | None = None, log=print, finished_only: bool = False) -> tuple[Path, dict]:
     """Run (or resume) one experiment; returns the output directory and the runner's counts.
 
-    ``finished_only``: write the table and report from the cells finished so far (while
-    another process is still running the experiment), computing nothing."""
+    ``finished_only``: write the table and report from the model cells finished so far (while
+    another process is still training), computing only the untrained cells (baselines, oracle,
+    problem analyses)."""
     exp = load(name, configs)
     b = exp.budget(budget)
     out = Path(out) if out else Path("runs/repro") / budget / exp.name
@@ -143,7 +144,7 @@ def add_repro_command(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="output directory (default runs/repro/BUDGET/NAME)")
     p.add_argument("--finished-only", action="store_true",
-                   help="tables and report from the cells finished so far; train and compute nothing")
+                   help="tables and report from the trainings finished so far; train nothing")
     p.add_argument("--configs", default=None, help=f"experiments directory (default {CONFIG_DIR})")
     p.add_argument("--runs", default="runs/repro", help="summary: where the result tables are")
     p.add_argument("--docs", default="docs/reproduction.md", help="summary: the page to write")

@@ -84,7 +84,7 @@ class Runner:
     def __init__(self, exp: Experiment, budget: Budget, out: Path, device: torch.device,
                  log: Callable[[str], None] = print, finished_only: bool = False) -> None:
         self.exp, self.budget, self.out, self.device, self.log = exp, budget, Path(out), device, log
-        self.finished_only = finished_only  # tables from the finished cells; compute nothing
+        self.finished_only = finished_only  # tables from the finished trainings; train nothing
         self.store = self.out.parent / "_train"
         self.counts = dict(computed=0, reused=0, missing=0, trained=0, resumed=0, failed=0)
 
@@ -112,7 +112,7 @@ class Runner:
                 self.counts["reused"] += 1
                 self.log(f"{head} reused (finished earlier)")
                 continue
-            if self.finished_only:
+            if self.finished_only and isinstance(what, ModelEntry) and not what.pending:
                 self.counts["missing"] += 1
                 self.log(f"{head} not finished (left out of the tables)")
                 continue
