@@ -89,7 +89,7 @@ def paper_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
                 elif mine:
                     e["status"] = f"{mine[0].get('status')}: {mine[0].get('reason', '')}"
                 else:
-                    e["status"] = "not run at this budget"
+                    e["status"] = "no result at this budget (not in the grid, or not finished yet)"
                 out.append(e)
     return out
 
