@@ -35,10 +35,12 @@ HOW = """## How it works
 - **One runner, resumable.** A cell (problem x method) keeps its rows in `OUT/cells/`; a finished cell is reused, an
   edited one recomputed. Trainings live in `runs/repro/BUDGET/_train/<model>-<hash>` (ordinary trainer run
   directories, resumed from their last checkpoint; `unrolled eval RUN` reads them), shared across experiments.
+  `--finished-only` tables what has finished while another process is still training (missing cells are listed as
+  having no result yet).
 - **Tables first.** `OUT/results.csv` is long-format (experiment, budget, cell parameters, method, layer, metrics,
   then metadata: sizes run, samples, seconds, device, seeds, torch version); the figure and the report are drawn
   from it alone. ISTA/FISTA (lambda tuned on validation) at the same depth and the support-oracle floor are in
-  every comparison.
+  every comparison; the NA-ALISTA experiments add AMP with the generator's Bernoulli-Gaussian prior (untrained).
 """
 
 
