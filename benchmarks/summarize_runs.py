@@ -53,7 +53,7 @@ def summarize(run: Path) -> dict:
                 seconds=res["seconds"], device=res["device"], schedule=cfg["schedule"], ours=final[model],
                 ista=final.get("ista"), fista=final.get("fista"), amp=final.get("amp"), oracle=oracle, published=pub,
                 config=" ".join(f"{k}={v}" for k, v in cfg["model_config"].items()
-                                if k in ("ss", "ss_theta", "ss_ramp", "head", "gamma0", "theta0", "matrix")),
+                                if k in ("ss", "ss_theta", "ss_ramp", "head", "gamma0", "theta0", "eps", "matrix")),
                 init_from=Path(cfg["init_from"]["run"]).name if "init_from" in cfg else "",
                 lr=cfg["stages"][0]["lr"], test_size=int(rows[0].get("test_size", 0) or 0))
 
