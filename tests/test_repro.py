@@ -158,6 +158,12 @@ def test_finished_only_tables_what_is_done_and_trains_nothing(tmp_path):
     assert any("not finished" in line for line in lines)
     methods = {r["method"] for r in read_table(out / "results.csv")}
     assert "alista" not in methods and "ista" in methods and (out / "report.md").exists()
+    # Another experiment that needs the finished training evaluates it (same store), training nothing.
+    twin = tmp_path / "twin.toml"
+    twin.write_text(TINY)
+    _, counts = run_experiment(str(twin), "smoke", tmp_path / "smoke" / "twin", log=lambda s: None,
+                               finished_only=True)
+    assert counts["trained"] == 0 and counts["missing"] == 0 and counts["computed"] == 2
 
 
 def test_report_flags_numbers_worse_than_the_paper(tmp_path):

@@ -146,7 +146,7 @@ def add_repro_command(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default=None, help="output directory (default runs/repro/BUDGET/NAME)")
     p.add_argument("--finished-only", action="store_true",
-                   help="tables and report from the trainings finished so far; train nothing")
+                   help="evaluate the trainings finished so far (any experiment's); train nothing")
     p.add_argument("--configs", default=None, help=f"experiments directory (default {CONFIG_DIR})")
     p.add_argument("--runs", default="runs/repro", help="summary: where the result tables are")
     p.add_argument("--docs", default="docs/reproduction.md", help="summary: the page to write")

@@ -33,6 +33,10 @@ from .config import PROBLEM_KEYS, TEST_ONLY, Budget, Cell, Experiment, ModelEntr
 GATES = {"lista": D.lista_gates, "lfista": D.lfista_gates, "dense": D.dense_gates}
 
 
+class NotFinished(Exception):
+    """A training that ``--finished-only`` may not start or continue."""
+
+
 class PooledProblem(Problem):
     """A problem whose training batches come from a fixed pool of ``size`` samples (with replacement).
 
@@ -84,7 +88,7 @@ class Runner:
     def __init__(self, exp: Experiment, budget: Budget, out: Path, device: torch.device,
                  log: Callable[[str], None] = print, finished_only: bool = False) -> None:
         self.exp, self.budget, self.out, self.device, self.log = exp, budget, Path(out), device, log
-        self.finished_only = finished_only  # tables from the finished trainings; train nothing
+        self.finished_only = finished_only  # evaluate finished trainings only; train nothing
         self.store = self.out.parent / "_train"
         self.counts = dict(computed=0, reused=0, missing=0, trained=0, resumed=0, failed=0)
 
@@ -112,16 +116,17 @@ class Runner:
                 self.counts["reused"] += 1
                 self.log(f"{head} reused (finished earlier)")
                 continue
-            if self.finished_only and isinstance(what, ModelEntry) and not what.pending:
-                self.counts["missing"] += 1
-                self.log(f"{head} not finished (left out of the tables)")
-                continue
             spec = cell.spec.to_json()
             if spec not in problems:
                 problems.clear()  # one problem (and its test set) in memory at a time
                 problems[spec] = Problem(cell.spec)
             start = time.perf_counter()
-            new = self.compute(cell, what, problems[spec])
+            try:
+                new = self.compute(cell, what, problems[spec])
+            except NotFinished:
+                self.counts["missing"] += 1
+                self.log(f"{head} training not finished (left out of the tables)")
+                continue
             seconds = time.perf_counter() - start
             meta = {**self.meta(cell, key != cell.key), "cell": f"{key}|{label}", "cell_seconds": round(seconds, 2)}
             new = [{**meta, **r} for r in new]
@@ -210,6 +215,8 @@ class Runner:
         ident = dict(spec=spec, train_size=cell.train_size, model=entry.model, config=dataclasses.asdict(config),
                      stages=[s.to_dict() for s in stages], options=dataclasses.asdict(options), prune=prune)
         run = self.store / f"{entry.model}-{digest(ident)}"
+        if self.finished_only and not (run / "result.json").exists():
+            raise NotFinished(run)
 
         def fresh() -> torch.nn.Module:
             torch.manual_seed(options.seed)  # initialisations that draw from the global generator
