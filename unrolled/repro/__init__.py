@@ -48,9 +48,9 @@ def run_experiment(name: str, budget: str = "quick", out: str | Path | None = No
                    configs: Path | None = None, log=print, finished_only: bool = False) -> tuple[Path, dict]:
     """Run (or resume) one experiment; returns the output directory and the runner's counts.
 
-    ``finished_only``: write the table and report from the model cells finished so far (while
-    another process is still training), computing only the untrained cells (baselines, oracle,
-    problem analyses)."""
+    ``finished_only``: train nothing; evaluate the trainings already finished in the store (this
+    experiment's or another's) and compute the untrained cells (baselines, oracle, analyses), so
+    the table and report show what exists while another process is still training."""
     exp = load(name, configs)
     b = exp.budget(budget)
     out = Path(out) if out else Path("runs/repro") / budget / exp.name
