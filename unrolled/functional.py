@@ -194,11 +194,11 @@ def bg_denoise(r: Tensor, tau2: Tensor, eps: Tensor | float, var: Tensor | float
     posterior probability that the entry is non-zero; ``d/dr = c pi (1 + (1 - pi) c r^2 / tau2)``.
     """
     c = var / (var + tau2)
+    q = (c / tau2) * r * r  # shared by the log-likelihood ratio and the derivative
     llr = torch.log(eps / (1 - eps)) if isinstance(eps, Tensor) else math.log(eps / (1 - eps))
-    llr = llr + 0.5 * torch.log(1 - c) + (0.5 * c / tau2) * r * r
-    pi = torch.sigmoid(llr)
+    pi = torch.sigmoid(llr + 0.5 * torch.log(1 - c) + 0.5 * q)
     x = pi * c * r
-    dx = (c * pi * (1 + (1 - pi) * (c / tau2) * r * r)).mean(-1, keepdim=True)
+    dx = (c * pi * (1 + (1 - pi) * q)).mean(-1, keepdim=True)
     return x, dx
 
 
