@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from unrolled.cpu import keep_freed_memory
 from unrolled.io import write_text
 from unrolled.models import MODELS, build
 from unrolled.models.design_space import extra_connections
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default: torch's choice)")
     ap.add_argument("--out", default="benchmarks/results/forward_cpu.csv")
+    ap.add_argument("--malloc", choices=["keep", "system"], default="keep",
+                    help="keep: glibc keeps freed blocks, as the CLI does (unrolled/cpu.py); system: the defaults")
     args = ap.parse_args(argv)
+    malloc_kept = args.malloc == "keep" and keep_freed_memory()
 
     device = torch.device(args.device)
     if args.threads is not None:
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     t_before = ceiling_time()
     threads = torch.get_num_threads() if device.type == "cpu" else 0
     meta = {"device": str(device), "dtype": args.dtype, "batch": B, "K": args.K, "m": m, "n": n,
-            "threads": threads, "torch": torch.__version__, "machine": machine(),
+            "threads": threads, "torch": torch.__version__, "machine": machine(), "malloc_kept": malloc_kept,
             "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
     rows = []
 
@@ -174,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         r["pct_of_ceiling"] = 100 * r["gflops"] / ceiling
 
     print(f"device {device} ({meta['machine']}, {threads} threads), {args.dtype}, batch {B}, K {args.K}, {m}x{n}; "
-          f"best of {args.repeats} after a warm-up; load average {meta['load_avg_1min']:.2f} at the start")
+          f"best of {args.repeats} after a warm-up; freed memory kept: {malloc_kept}; "
+          f"load average {meta['load_avg_1min']:.2f} at the start")
     print(f"{'model':<28} {'seconds':>8} {'samples/s':>10} {'GFLOP':>7} {'GFLOP/s':>8} {'% ceiling':>9}")
     for r in rows:
         label = r["model"] + (f" [{r['config']}]" if r["config"] else "")

@@ -5,8 +5,9 @@
 Flop count per step (float32, batch B, K layers, A: m x n): every layer's matrix products
 are counted as ``2 B * (inner) * (outer)``; the backward pass of a product costs twice its
 forward when the weight is trained (gradients for input and weight) and once when only the
-input needs a gradient (A and analytic W are fixed buffers). Element-wise work (threshold,
-top-k, LSTM on 2 inputs) is not counted, so the figure is a lower bound on the work done.
+input needs a gradient (A and analytic W are fixed buffers). NA-ALISTA's LSTM cell and head
+count as trained products (3x their forward). Element-wise work (threshold, top-k, gates) is
+not counted, so the figure is a lower bound on the work done.
 The ceiling is the best of a (B x m) @ (m x n) and (B x n) @ (n x m) product timed the
 same way.
 """
@@ -22,15 +23,22 @@ from pathlib import Path
 import torch
 
 from unrolled import Problem, ProblemSpec
+from unrolled.cpu import keep_freed_memory
 from unrolled.io import write_text
 from unrolled.models import build
 
 
-def step_flops(name: str, B: int, m: int, n: int, K: int) -> float:
+def step_flops(model, B: int) -> float:
     """Forward + backward matmul flops of one training step (see module docstring)."""
+    m, n, K, name = model.m, model.n, model.K, model.name
     mn = 2 * B * m * n
-    if name in ("alista", "alista-at", "aglista", "na-alista", "slista"):
+    if name in ("alista", "alista-at", "aglista", "slista"):
         return K * (2 * mn) * 2  # two products per layer, each: forward + input-gradient
+    if name == "na-alista":  # the same, plus the LSTM cell and head on (B x inputs), trained (x 3)
+        c = model.config
+        n_in = 2 if c.inputs == "both" else 1
+        head = 4 * c.H if c.head == "paper" else 2 * (c.H * c.H + 2 * c.H)
+        return K * (2 * mn) * 2 + 3 * K * B * (8 * c.H * (n_in + c.H) + head)
     if name in ("lista",):  # B y once (trained), W_t x per layer (trained, n x n)
         return mn * 3 + K * (2 * B * n * n) * 3
     if name in ("lista-cp", "lista-cpss", "tilista"):  # A x fixed, W_t r trained
@@ -70,7 +78,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="benchmarks/results/train_cpu.json")
+    ap.add_argument("--malloc", choices=["keep", "system"], default="keep",
+                    help="keep: glibc keeps freed blocks, as the CLI does (unrolled/cpu.py); system: the defaults")
     a = ap.parse_args()
+    malloc_kept = a.malloc == "keep" and keep_freed_memory()
     dev = torch.device(a.device)
     problem = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=40, seed=0))
     m, n, B, K = problem.m, problem.n, a.batch, a.layers
@@ -93,10 +104,11 @@ def main() -> None:
                 torch.cuda.synchronize()
 
         sec = timed(steps, 3) / a.steps
-        gflops = step_flops(name, B, m, n, K) / sec / 1e9
+        gflops = step_flops(model, B) / sec / 1e9
         rows.append(dict(model=name, ms_per_step=1e3 * sec, gflops=gflops, ceiling_gflops=peak,
                          fraction=gflops / peak, batch=B, K=K, m=m, n=n, device=str(dev),
-                         threads=torch.get_num_threads(), torch=torch.__version__, cpu=platform.processor()))
+                         threads=torch.get_num_threads(), malloc_kept=malloc_kept, torch=torch.__version__,
+                         cpu=platform.processor()))
     print(f"training step, batch {B}, K={K}, {m}x{n}, float32, {dev} ({torch.get_num_threads()} threads); "
           f"matmul ceiling {peak:.1f} GFLOP/s")
     print(f"{'model':<12}{'ms/step':>10}{'GFLOP/s':>10}{'of ceiling':>12}")

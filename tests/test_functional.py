@@ -188,3 +188,44 @@ def test_shrink_gradient_matches_finite_differences(theta_shape, keep):
     mask = F.support_mask(z, keep, theta) if keep else torch.zeros_like(z, dtype=torch.bool)
     ref = z - torch.clamp(z, -theta, theta).masked_fill(mask, 0.0)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("gamma", [0.3, (), (7, 1), (41,)])
+def test_gradient_step_backward_matches_finite_differences(gamma):
+    # The hand-written backward of the training-mode gradient step, for every input.
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(7, 41, generator=g, dtype=D), torch.randn(7, 23, generator=g, dtype=D)
+    A, W = torch.randn(23, 41, generator=g, dtype=D), torch.randn(23, 41, generator=g, dtype=D)
+    inputs = [v.requires_grad_() for v in (x, y, A, W)]
+    if not isinstance(gamma, float):
+        gamma = (0.2 + torch.rand(gamma, generator=g, dtype=D)).requires_grad_()
+        inputs.append(gamma)
+    assert torch.autograd.gradcheck(lambda *v: F.gradient_step(*v[:4], v[4] if len(v) > 4 else gamma), inputs)
+
+
+def test_training_and_inference_steps_give_the_same_bits():
+    g = torch.Generator().manual_seed(6)
+    A, W = torch.randn(25, 51, generator=g), torch.randn(25, 51, generator=g)
+    x, y = torch.randn(9, 51, generator=g), torch.randn(9, 25, generator=g)
+    for gamma, theta in ((torch.tensor(0.7), torch.tensor(0.2)), (torch.rand(9, 1, generator=g), torch.rand(9, 1))):
+        for keep, with_theta in ((0, True), (6, True), (6, False)):
+            with torch.no_grad():
+                ref = F.pgd_step(x, y, A, W, gamma, theta, keep, with_theta)
+            out = F.pgd_step(x, y, A, W, gamma.requires_grad_(), theta.requires_grad_(), keep, with_theta)
+            assert torch.equal(out, ref)
+            gamma, theta = gamma.detach(), theta.detach()
+
+
+def test_aglista_gates_match_their_formulas_and_finite_differences():
+    g = torch.Generator().manual_seed(8)
+    x, x_new = torch.randn(6, 13, generator=g, dtype=D), torch.randn(6, 13, generator=g, dtype=D)
+    x[0, :3] = 0.0  # |x| at its kink, as at layer 1
+    c, v, a = t(0.3), t(1.7), t(0.05)
+    torch.testing.assert_close(F.gain_gate(x, c, v), x * (1 + c * torch.exp(-v * x.abs())), rtol=1e-14, atol=0)
+    o = 1 + a / ((x_new - x).abs() + 0.01)
+    torch.testing.assert_close(F.overshoot(x_new, x, a), o * x_new + (1 - o) * x, rtol=1e-12, atol=1e-14)
+    x[0, :3] = 0.5  # finite differences need distance from the kink
+    inputs = [v.clone().requires_grad_() for v in (x, c, v)]
+    assert torch.autograd.gradcheck(F.gain_gate, inputs)
+    inputs = [v.clone().requires_grad_() for v in (x_new, x, a)]
+    assert torch.autograd.gradcheck(F.overshoot, inputs)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import evaluate as E
+from .cpu import keep_freed_memory
 from .errors import UsageError, check, choice
 from .problem import MATRICES, SIGNALS, TEST_NOISES, Problem, ProblemSpec, _stream
 
@@ -265,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        keep_freed_memory()  # large batches: no page faults for every temporary (unrolled/cpu.py)
         args.func(args)
     except UsageError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

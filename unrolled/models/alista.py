@@ -106,10 +106,6 @@ class AGLISTA(AnalyticNet):
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
         theta_prev = self.theta_init if t == 1 else self.layers[t - 2].theta
-        # Fused forms, fewer element-wise passes: g * x = x + x * (theta_prev nu exp(-v |x|)),
-        # and o * x~ + (1 - o) * x = x~ + a (x~ - x) / (|x~ - x| + 0.01).
-        gx = torch.addcmul(x, x, torch.exp(x.abs() * -p.v) * (theta_prev * p.nu))
+        gx = F.gain_gate(x, theta_prev * p.nu, p.v)  # g * x
         z = torch.addcmul(x, p.gamma, torch.addmm(y, gx, self.A.T, alpha=-1) @ self.W)
-        x_new = self.shrink(t, z, p.theta)
-        delta = x_new - x
-        return torch.addcmul(x_new, p.a, delta / (delta.abs() + 0.01))
+        return F.overshoot(self.shrink(t, z, p.theta), x, p.a)  # o * x~ + (1 - o) * x

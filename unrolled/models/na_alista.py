@@ -104,7 +104,7 @@ class NA_ALISTA(AnalyticNet):
     def features(self, r: Tensor, d: Tensor) -> Tensor:
         """``[||r||_1, ||d||_1]`` (or one of them) per sample, ``(batch, n_in)``."""
         which = {"both": (r, d), "r": (r,), "u": (d,)}[self.config.inputs]
-        return torch.stack([torch.linalg.vector_norm(v, ord=1, dim=-1) for v in which], dim=1)
+        return torch.stack([v.abs().sum(-1) for v in which], dim=1)  # l1 norms (vector_norm is 6x slower here)
 
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         b = y.shape[0]
