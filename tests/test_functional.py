@@ -229,3 +229,15 @@ def test_aglista_gates_match_their_formulas_and_finite_differences():
     assert torch.autograd.gradcheck(F.gain_gate, inputs)
     inputs = [v.clone().requires_grad_() for v in (x_new, x, a)]
     assert torch.autograd.gradcheck(F.overshoot, inputs)
+
+
+def test_kth_largest_row_parallel_matches_topk():
+    # Large batches are split by rows over the intra-op threads: the same values as topk.
+    threads = torch.get_num_threads()
+    a = torch.randn(4099, 37, generator=torch.Generator().manual_seed(9)).abs()
+    try:
+        torch.set_num_threads(3)
+        got = F.kth_largest(a, 7)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(got, a.topk(7, dim=-1).values[:, -1:])

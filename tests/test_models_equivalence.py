@@ -236,3 +236,13 @@ def test_amp_reaches_the_support_oracle():
     got = metrics.nmse_db(amp(y), x)
     ista = metrics.nmse_db(build("ista", problem, {"K": 16}, F64)(y), x)
     assert got < floor + 1.0 and got < ista - 20, (got, floor, ista)
+
+
+def test_na_alista_cell_equals_torch_lstm_cell():
+    # NA-ALISTA computes nn.LSTMCell's update itself (fewer passes over the gates); float64.
+    problem = Problem(ProblemSpec(m=13, n=29, p=0.1, snr=40, seed=2))
+    model = build("na-alista", problem, {"K": 3, "H": 7}, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    inp, h, c = (torch.randn(5, k, generator=g, dtype=torch.float64) for k in (2, 7, 7))
+    for got, want in zip(model.lstm(inp, (h, c)), model.cell(inp, (h, c)), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

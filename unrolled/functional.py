@@ -129,7 +129,7 @@ def count_schedule(s: float, K: int, ramp: float = 1.0) -> list[int]:
     return [int(lo + (hi - lo) * min(k, R - 1) / (R - 1)) for k in range(K)]
 
 
-_POOL: list = []  # one thread pool for row-parallel selection, made on first use
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # row-parallel selection, one pool per thread count
 
 
 def _partition_column(a, index: int):
@@ -141,11 +141,12 @@ def _partition_column(a, index: int):
     rows, threads = a.shape[0], torch.get_num_threads()
     if threads < 2 or rows < 4096:
         return np.partition(a, index, axis=-1)[:, index:index + 1]
-    if not _POOL or _POOL[0]._max_workers != threads:
-        _POOL[:] = [ThreadPoolExecutor(threads)]
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads)
+    pool = _POOLS[threads]
     bounds = np.linspace(0, rows, threads + 1).astype(int)
-    parts = _POOL[0].map(lambda lo, hi: np.partition(a[lo:hi], index, axis=-1)[:, index:index + 1],
-                         bounds[:-1], bounds[1:])
+    parts = pool.map(lambda lo, hi: np.partition(a[lo:hi], index, axis=-1)[:, index:index + 1],
+                     bounds[:-1], bounds[1:])
     return np.concatenate(list(parts))
 
 
@@ -173,7 +174,7 @@ def selection_cut(a: Tensor, keep: int, theta: Tensor | float | None = None) -> 
         if keep >= a.shape[-1]:
             cut = a.new_full((*a.shape[:-1], 1), -1.0)
         else:
-            cut = kth_largest(a, keep + 1).to(a.device)
+            cut = kth_largest(a, keep + 1)
         if theta is None:
             return cut
         return torch.maximum(cut, theta) if isinstance(theta, Tensor) else cut.clamp_(min=theta)
@@ -228,8 +229,10 @@ def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | fl
 
 def _gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float,
                    keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """``(z, r, d)``: the step, the residual ``y - x A^T`` and the direction ``r W``; with
-    ``keep = False`` their buffers are reused for ``z`` and ``r``, ``d`` come back as None."""
+    """``(z, r, d)``: the step, the residual ``y - x A^T`` and the direction ``r W``.
+
+    With ``keep = False`` only ``z`` is returned (``r`` and ``d`` are None) and it may reuse
+    ``d``'s buffer."""
     r = x @ A.T
     r = torch.sub(y, r, out=r) if _fits(r, y) else y - r
     d = r @ W
