@@ -146,6 +146,20 @@ def test_editing_the_experiment_invalidates_only_the_cells_it_changes(tmp_path):
     assert {r["samples"] for r in read_table(out / "results.csv") if r["method"] == "alista"} == {"1280"}
 
 
+def test_a_budgets_model_schedule_retrains_only_that_model(tmp_path):
+    twin = TINY.replace('[[models]]\nmodel = "alista"', '[[models]]\nmodel = "alista"\n[[models]]\nmodel = "slista"')
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(twin)
+    out = tmp_path / "smoke" / "tiny"
+    run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    override = "[budget.smoke]\nmodel_schedule = { slista = { samples = 1280 } }\n"
+    toml.write_text(twin.replace("[budget.smoke]\n", override))
+    _, counts = run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    assert counts["reused"] == 2 and counts["trained"] == 1  # classical and alista kept
+    samples = {r["method"]: r["samples"] for r in read_table(out / "results.csv") if r.get("samples")}
+    assert samples == {"alista": "1920", "slista": "1280"}
+
+
 def test_finished_only_tables_what_is_done_and_trains_nothing(tmp_path):
     toml = tmp_path / "tiny.toml"
     toml.write_text(TINY)
@@ -225,6 +239,10 @@ def test_list_shows_every_experiment(capsys):
     ("[budget.smoke]\n", "[budget.smoke]\ngrid = { seed = [1] }\n", ["grid value seed=1 is not in the", "[0]"]),
     ("[budget.smoke]\n", "[budget.smoke]\ngrid = { n = [40] }\n", ["grid filter on 'n', which is not a grid key"]),
     ("[budget.smoke]\n", "[budget.smoke]\nmodels = ['lista']\n", ["unknown model label 'lista'", "valid: alista"]),
+    ("[budget.smoke]\n", "[budget.smoke]\nmodel_schedule = { lista = { lr = 1.0 } }\n",
+     ["model_schedule: unknown model label 'lista'", "valid: alista"]),
+    ("[budget.smoke]\n", "[budget.smoke]\nmodel_schedule = { alista = { lrr = 1.0 } }\n",
+     ["unknown key(s) lrr in [budget.smoke] of", "model_schedule.alista", "valid: name"]),
 ])
 def test_bad_configs_fail_with_the_valid_keys(tmp_path, old, new, words):
     assert old in TINY

@@ -40,7 +40,7 @@ OPTION_KEYS = ["loss", "loss_lam", "labelled", "semi_weight", "eval_every"]
 TOP_KEYS = ["title", "reproduces", "notes", "seed", "metric", "baselines", "oracle", "problem", "grid", "models",
             "schedule", "analysis", "architectures", "budget", "paper", "claims", "plot"]
 MODEL_KEYS = ["model", "label", "config", "schedule", "pending"]
-BUDGET_KEYS = ["about", "scale", "K", "problem", "schedule", "grid", "models", "analysis"]
+BUDGET_KEYS = ["about", "scale", "K", "problem", "schedule", "grid", "models", "model_schedule", "analysis"]
 PAPER_KEYS = ["source", "metric", "layer", "pm", "keys", "methods", "rows"]
 CLAIM_KEYS = ["text", "source", "a", "op", "b", "column", "how", "per", "tol"]
 PLOT_KEYS = ["kind", "x", "y", "series", "panels", "where", "final", "err", "logx", "logy", "lines", "title", "xlabel",
@@ -95,6 +95,7 @@ class Budget:
     schedule: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     models: list[str] | None = None
+    model_schedule: dict[str, dict] = field(default_factory=dict)  # per model label, over everything else
     analysis: dict = field(default_factory=dict)
 
 
@@ -299,11 +300,18 @@ def _budget(name: str, b: Any, grids: list[dict], labels: list[str], schedule: d
     models = b.get("models")
     for m in models or []:
         check(m in labels, f"{where}: unknown model label {m!r}; valid: {', '.join(labels)}")
+    model_schedule = b.get("model_schedule", {})
+    check(isinstance(model_schedule, dict), f"{where}: model_schedule must be a table of model label -> schedule")
+    for label, s in model_schedule.items():
+        check(isinstance(s, dict), f"{where} model_schedule.{label} must be a table of schedule keys")
+        check(label in labels, f"{where} model_schedule: unknown model label {label!r}; valid: {', '.join(labels)}")
+        known({**merged, **s}, schedule_keys(merged["name"]), f"{where} model_schedule.{label}")
     scale, K = float(b.get("scale", 1.0)), b.get("K", 16)
     check(0 < scale <= 1, f"{where}: scale={scale} must be in (0, 1]")
     check(isinstance(K, int) and K >= 1, f"{where}: K={K} must be an integer >= 1")
     return Budget(name=name, about=b["about"], scale=scale, K=K, problem=dict(b.get("problem", {})),
-                  schedule=dict(b.get("schedule", {})), grid=flt, models=models, analysis=dict(b.get("analysis", {})))
+                  schedule=dict(b.get("schedule", {})), grid=flt, models=models,
+                  model_schedule={k: dict(v) for k, v in model_schedule.items()}, analysis=dict(b.get("analysis", {})))
 
 
 def _paper(p: Any, where: str) -> dict:

@@ -151,6 +151,8 @@ class Runner:
         elif isinstance(what, ModelEntry):
             ident.update(train_size=cell.train_size, model=cell.model, tags=cell.tags, seed=exp.seed,
                          schedule={**exp.schedule, **b.schedule}, arch=exp.architectures)
+            if what.label in b.model_schedule:  # only then: other cells keep their fingerprints
+                ident.update(model_schedule=b.model_schedule[what.label])
         return digest(ident)[:8]
 
     def meta(self, cell: Cell, problem_only: bool = False) -> dict:
@@ -208,7 +210,8 @@ class Runner:
         exp, K = self.exp, self.budget.K
         overrides, extra, prune = model_overrides(exp, entry, cell, K)
         config = make_config(MODELS[entry.model].Config, overrides)
-        sched = {**exp.schedule, **self.budget.schedule, **entry.schedule}
+        sched = {**exp.schedule, **self.budget.schedule, **entry.schedule,
+                 **self.budget.model_schedule.get(entry.label, {})}
         kw, options = train_options(sched, exp.seed, cell.spec.val_size)
         stages = make_schedule(sched["name"], K, **kw)
         spec = {k: v for k, v in dataclasses.asdict(cell.spec).items() if k not in TEST_ONLY}
