@@ -241,3 +241,13 @@ def test_kth_largest_row_parallel_matches_topk():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(got, a.topk(7, dim=-1).values[:, -1:])
+
+
+def test_aglista_gates_give_the_same_bits_with_and_without_autograd():
+    g = torch.Generator().manual_seed(10)
+    x, x_new = torch.randn(6, 13, generator=g), torch.randn(6, 13, generator=g)
+    c, v, a = torch.tensor(0.3), torch.tensor(1.7), torch.tensor(0.05)
+    with torch.no_grad():
+        gain, over = F.gain_gate(x, c, v), F.overshoot(x_new, x, a)
+    assert torch.equal(gain, F.gain_gate(x, c.requires_grad_(), v))
+    assert torch.equal(over, F.overshoot(x_new, x, a.requires_grad_()))

@@ -301,8 +301,12 @@ def _reduce(t: Tensor, shape: torch.Size) -> Tensor:
 def gain_gate(x: Tensor, c: Tensor, v: Tensor) -> Tensor:
     """AGLISTA's gain gate applied to ``x``: ``x (1 + c exp(-v |x|))``, with ``c = theta_{t-1} nu_t``.
 
-    One autograd node (:class:`_GainGate`) instead of six element-wise ones.
+    One autograd node (:class:`_GainGate`) instead of six element-wise ones; without
+    autograd the same operations in one buffer (the same bits).
     """
+    if not torch.is_grad_enabled():
+        ce = x.abs().mul_(-v).exp_().mul_(c)
+        return torch.addcmul(x, x, ce, out=ce) if _fits(ce, x) else torch.addcmul(x, x, ce)
     return _GainGate.apply(x, c, v)
 
 
@@ -336,8 +340,12 @@ def overshoot(x_new: Tensor, x: Tensor, a: Tensor, eps: float = 0.01) -> Tensor:
     """AGLISTA's overshoot gate: ``x_new + a (x_new - x) / (|x_new - x| + eps)``.
 
     The same as ``o x_new + (1 - o) x`` with ``o = 1 + a / (|x_new - x| + eps)``, in one
-    autograd node (:class:`_Overshoot`).
+    autograd node (:class:`_Overshoot`); without autograd in two buffers (the same bits).
     """
+    if not torch.is_grad_enabled():
+        d = x_new - x
+        q = d.div_(d.abs().add_(eps))
+        return torch.addcmul(x_new, a, q, out=q) if _fits(q, x_new) else torch.addcmul(x_new, a, q)
     return _Overshoot.apply(x_new, x, a, eps)
 
 
