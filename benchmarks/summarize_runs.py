@@ -69,7 +69,10 @@ def markdown(items: list[dict]) -> str:
     for d in items:
         gap = None if d["oracle"] is None else d["ours"] - d["oracle"]
         oracle = "exact" if d["oracle"] is None and math.isinf(float(d["snr"])) else fmt(d["oracle"], ".2f")
-        lines.append(f"| {d['model']} | {d['m']}×{d['n']} | {d['snr']} | {d['K']} | **{d['ours']:.2f}** | "
+        ours = f"{d['ours']:.2f}"
+        if d["published"] is not None and d["ours"] < d["published"]:
+            ours = f"**{ours}**"  # bold: better than the published number
+        lines.append(f"| {d['model']} | {d['m']}×{d['n']} | {d['snr']} | {d['K']} | {ours} | "
                      f"{fmt(d['published'])} | {fmt(d['ista'])} | {fmt(d['fista'])} | {fmt(d['amp'])} | {oracle} | "
                      f"{fmt(gap, '.2f')} | {d['samples']:,} | {d['seconds']:.0f} | {d['device']} | "
                      f"{d['schedule']}, {d['lr']:g}, {d['config']}"
