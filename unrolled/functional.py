@@ -75,12 +75,16 @@ class _Shrink(torch.autograd.Function):
     else ``d/dz = 0``; ``d/dtheta = -sign(z)`` where it passes and ``|z| <= hi`` (shrunk), else
     0: the conventions of ``clamp`` at ``|z| = theta``. Comparisons write float 0/1 factors
     directly (boolean tensors and their conversion are several times slower on the CPU).
+    ``theta_below_hi`` (the percentage form, whose cut is ``max(cut, theta)``) skips the pass
+    that computes ``min(hi, theta) = theta``.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, theta: Tensor, hi: Tensor | None, a: Tensor | None = None) -> Tensor:
+    def forward(ctx, z: Tensor, theta: Tensor, hi: Tensor | None, a: Tensor | None = None,
+                theta_below_hi: bool = False) -> Tensor:
         a = z.abs() if a is None else a  # |z|, given by shrink (and overwritten here)
-        passing = torch.gt(a, theta if hi is None else torch.minimum(hi, theta), out=torch.empty_like(z))
+        lo = theta if hi is None or theta_below_hi else torch.minimum(hi, theta)  # min(hi, theta)
+        passing = torch.gt(a, lo, out=torch.empty_like(z))
         clipped = _clamp(z, theta)
         signs = torch.sign(z)
         if hi is not None:
@@ -101,7 +105,7 @@ class _Shrink(torch.autograd.Function):
                 grad_theta = -torch.dot(grad_z.reshape(-1), signs.reshape(-1))
             else:
                 grad_theta = (grad_z * signs).sum_to_size(ctx.theta_shape).neg_()
-        return (grad_z if ctx.needs_input_grad[0] else None), grad_theta, None, None
+        return (grad_z if ctx.needs_input_grad[0] else None), grad_theta, None, None, None
 
 
 def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
@@ -206,7 +210,7 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
         a = z.abs()
         hi = selection_cut(a, keep, theta if with_theta else None)
     if torch.is_grad_enabled() and isinstance(theta, Tensor):
-        return _Shrink.apply(z, theta, hi, a)
+        return _Shrink.apply(z, theta, hi, a, with_theta)  # with theta, hi = max(cut, theta) >= theta
     with torch.no_grad():
         inside = torch.le(a, hi, out=a)
     clipped = _clamp(z, theta)
