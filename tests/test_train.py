@@ -196,6 +196,29 @@ def test_cli_train_eval_round_trip(tmp_path, problem_file, capsys):
     assert res["alista"] < res["ista"]
 
 
+def test_eval_on_validation_with_a_changed_config_writes_its_own_table(tmp_path, problem_file, capsys):
+    run = tmp_path / "run"
+    assert main(_train_args(problem_file, run)) == 0
+    assert main(["eval", str(run), "--test-size", "200"]) == 0
+    plain = (run / "eval.csv").read_text()
+    assert main(["eval", str(run), "--split", "validation", "--set", "ss_ramp=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "validation set" in out and "ss_ramp" in out
+    assert (run / "eval.csv").read_text() == plain  # the test table is left alone
+    rows = (run / "eval-validation-ss_ramp=0.5.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(","), strict=False))
+    assert first["split"] == "validation" and "ss_ramp" in first["overrides"]
+    # the validation set, not the test set: the numbers differ from the test table's
+    assert rows[1:] != plain.splitlines()[1:]
+    # a field that would change the weights' shapes, an unknown field, a test option: one line each
+    for args, words in ((["--set", "K=5"], "does not fit"), (["--set", "nope=1"], "unknown config field"),
+                        (["--split", "validation", "--test-size", "9"], "drop --test-x")):
+        assert main(["eval", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+
+
 def test_existing_run_is_not_overwritten(tmp_path, problem_file, capsys):
     run = tmp_path / "run"
     assert main(_train_args(problem_file, run)) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -94,8 +95,12 @@ def make_trainer(run: Path, cfg: dict, problem: Problem, device: torch.device) -
     return Trainer(model, problem, stages, TrainOptions(**cfg["options"]), run)
 
 
-def load_run(run: str | Path, device: torch.device | str = "cpu") -> tuple:
-    """``(model, problem, config, result)`` of a finished run, weights verified by hash."""
+def load_run(run: str | Path, device: torch.device | str = "cpu", overrides: dict | None = None) -> tuple:
+    """``(model, problem, config, result)`` of a finished run, weights verified by hash.
+
+    ``overrides`` change model-config fields that leave the weights' shapes alone (e.g. the
+    support-selection ramp ``ss_ramp``); anything else fails to load with a one-line error.
+    """
     run = Path(run)
     cfg = read_run_config(run)
     problem = Problem.load(run / "problem.npz")
@@ -103,7 +108,7 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> tuple:
     check(result_path.exists(), f"{run} has not finished training (no result.json); continue it with --resume")
     result = json.loads(result_path.read_text())
     torch.manual_seed(cfg["options"]["seed"])
-    model = build(cfg["model"], problem, cfg["model_config"])
+    model = build(cfg["model"], problem, {**cfg["model_config"], **(overrides or {})})
     load_weights(model, run / "weights.safetensors", result["weights_sha256"])
     return model.to(device), problem, cfg, result
 
@@ -137,10 +142,18 @@ def cmd_train(a: argparse.Namespace) -> None:
 def evaluate_run(run: Path, a: argparse.Namespace, baselines: bool = True) -> list[dict]:
     from .cli import load_test, test_snr
 
-    model, problem, cfg, result = load_run(run, a.device)
-    x, y = load_test(problem, a)
+    overrides = parse_sets(getattr(a, "set", None))
+    model, problem, cfg, result = load_run(run, a.device, overrides)
+    split = getattr(a, "split", "test")
+    if split == "validation":
+        check(not a.test_x and a.snr is None and a.test_size is None,
+              "--split validation evaluates the run's own validation set; drop --test-x, --snr and --test-size")
+        x, y = problem.validation(torch.float64)
+    else:
+        x, y = load_test(problem, a)
     meta = dict(run=str(run), samples=result["samples"], seconds=round(result["seconds"], 1),
-                device=result["device"], seed=cfg["options"]["seed"], schedule=cfg["schedule"],
+                device=result["device"], seed=cfg["options"]["seed"], schedule=cfg["schedule"], split=split,
+                overrides=json.dumps(overrides, sort_keys=True) if overrides else "",
                 test_size=len(x), torch=torch.__version__)
     rows = E.evaluate_model(model, x, y, cfg["model"])
     if baselines:
@@ -149,13 +162,25 @@ def evaluate_run(run: Path, a: argparse.Namespace, baselines: bool = True) -> li
     return [{**meta, **r} for r in rows]
 
 
+def eval_csv_name(split: str, overrides: dict[str, str]) -> str:
+    """``eval.csv`` for the plain test evaluation; otherwise a name that says what differs."""
+    if split == "test" and not overrides:
+        return "eval.csv"
+    tag = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    return re.sub(r"[^A-Za-z0-9._=,+-]", "_", f"eval-{split}" + (f"-{tag}" if tag else "")) + ".csv"
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     run = Path(a.run)
     rows = evaluate_run(run, a)
-    print(f"{run}: {rows[0]['samples']:,} training samples, {rows[0]['seconds']} s; test set {rows[0]['test_size']}")
+    which = "validation set" if a.split == "validation" else "test set"
+    changed = f"; config changed: {rows[0]['overrides']}" if rows[0]["overrides"] else ""
+    print(f"{run}: {rows[0]['samples']:,} training samples, {rows[0]['seconds']} s; "
+          f"{which} {rows[0]['test_size']}{changed}")
     print(E.format_table(rows))
-    E.to_csv(rows, run / "eval.csv")
-    print(f"wrote {run / 'eval.csv'}")
+    out = run / eval_csv_name(a.split, parse_sets(a.set))
+    E.to_csv(rows, out)
+    print(f"wrote {out}")
 
 
 # -- demo (main job) ----------------------------------------------------------------------------
@@ -227,6 +252,11 @@ def add_commands(sub) -> None:
     pe = sub.add_parser("eval", help="per-layer NMSE of a run next to ISTA/FISTA and the oracle; writes RUN/eval.csv")
     pe.add_argument("run")
     add_test_options(pe)
+    pe.add_argument("--split", choices=["test", "validation"], default="test",
+                    help="validation: the run's validation set, to choose inference settings without the test set")
+    pe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="evaluate with a model-config field changed (e.g. ss_ramp=0.5); "
+                         "writes RUN/eval-SPLIT-KEY=VALUE.csv")
     pe.add_argument("--device", type=device_arg, default=torch.device("cpu"))
     pe.set_defaults(func=cmd_eval)
 
