@@ -65,6 +65,13 @@ def _clamp(z: Tensor, theta: Tensor | float) -> Tensor:
     return torch.minimum(out, theta, out=out) if _fits(out, theta) else torch.minimum(out, theta)
 
 
+def _sum_product(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
+    """``a * b`` summed down to ``shape`` (the gradient of a broadcast parameter); a scalar in one dot product."""
+    if len(shape) == 0:
+        return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum_to_size(shape)
+
+
 class _Shrink(torch.autograd.Function):
     """``z - clamp(z, -theta, theta) * [|z| <= hi]`` and its gradient.
 
@@ -101,10 +108,7 @@ class _Shrink(torch.autograd.Function):
         grad_z = grad * passing
         grad_theta = None
         if ctx.needs_input_grad[1]:
-            if len(ctx.theta_shape) == 0:  # a scalar threshold: one fused dot product
-                grad_theta = -torch.dot(grad_z.reshape(-1), signs.reshape(-1))
-            else:
-                grad_theta = (grad_z * signs).sum_to_size(ctx.theta_shape).neg_()
+            grad_theta = _sum_product(grad_z, signs, ctx.theta_shape).neg_()
         return (grad_z if ctx.needs_input_grad[0] else None), grad_theta, None, None, None
 
 
@@ -162,7 +166,7 @@ def kth_largest(a: Tensor, k: int) -> Tensor:
     """
     n = a.shape[-1]
     if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not a.requires_grad:
-        col = _partition_column(a.detach().reshape(-1, n).numpy(), n - k)
+        col = _partition_column(a.reshape(-1, n).numpy(), n - k)
         return torch.from_numpy(np.ascontiguousarray(col)).reshape(*a.shape[:-1], 1)
     return a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
 
@@ -227,25 +231,25 @@ def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | fl
     """
     if torch.is_grad_enabled():
         return _GradientStep.apply(x, y, A, W, gamma)
-    z, _, _ = _gradient_step(x, y, A, W, gamma, keep=False)
+    z, _, _ = _gradient_step(x, y, A, W, gamma, save=False)
     return z
 
 
 def _gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float,
-                   keep: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                   save: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(z, r, d)``: the step, the residual ``y - x A^T`` and the direction ``r W``.
 
-    With ``keep = False`` only ``z`` is returned (``r`` and ``d`` are None) and it may reuse
-    ``d``'s buffer."""
+    With ``save = False`` (no backward pass to feed) ``r`` and ``d`` come back as None and
+    ``z`` may reuse ``d``'s buffer."""
     r = x @ A.T
     r = torch.sub(y, r, out=r) if _fits(r, y) else y - r
     d = r @ W
-    out = d if not keep and _fits(d, gamma) and _fits(d, x) else None  # reuse d's buffer for z
+    out = d if not save and _fits(d, gamma) and _fits(d, x) else None  # reuse d's buffer for z
     if isinstance(gamma, Tensor):  # x + gamma d in one (fused multiply-add) pass
         z = torch.addcmul(x, d, gamma) if out is None else torch.addcmul(x, d, gamma, out=out)
     else:
         z = torch.add(x, d, alpha=gamma) if out is None else torch.add(x, d, alpha=gamma, out=out)
-    return (z, r, d) if keep else (z, None, None)
+    return (z, r, d) if save else (z, None, None)
 
 
 class _GradientStep(torch.autograd.Function):
@@ -257,7 +261,7 @@ class _GradientStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float) -> Tensor:
-        z, r, d = _gradient_step(x, y, A, W, gamma, keep=True)
+        z, r, d = _gradient_step(x, y, A, W, gamma, save=True)
         ctx.gamma_shape = gamma.shape if isinstance(gamma, Tensor) else None
         ctx.save_for_backward(x, A, W, r, d, gamma if isinstance(gamma, Tensor) else None)
         ctx.gamma = gamma if not isinstance(gamma, Tensor) else None
@@ -278,10 +282,7 @@ class _GradientStep(torch.autograd.Function):
         if need_W:
             dW = r.T @ (g * gamma)
         if need_gamma:
-            if len(ctx.gamma_shape) == 0:
-                dgamma = torch.dot(g.reshape(-1), d.reshape(-1))
-            else:
-                dgamma = (g * d).sum_to_size(ctx.gamma_shape)
+            dgamma = _sum_product(g, d, ctx.gamma_shape)
         return dx, dy, dA, dW, dgamma
 
 
@@ -295,11 +296,6 @@ def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, 
     NA-ALISTA per-sample ``(batch, 1)`` values.
     """
     return shrink(gradient_step(x, y, A, W, gamma), theta, keep, with_theta)
-
-
-def _reduce(t: Tensor, shape: torch.Size) -> Tensor:
-    """``t`` summed down to ``shape``, the shape of the parameter it is the gradient of."""
-    return t.sum() if len(shape) == 0 else t.sum_to_size(shape)
 
 
 def gain_gate(x: Tensor, c: Tensor, v: Tensor) -> Tensor:
@@ -333,8 +329,8 @@ class _GainGate(torch.autograd.Function):
         gx = gc = gv = None
         if need_c or need_v:
             g_x = g * x
-            gc = _reduce(g_x * e, c.shape) if need_c else None
-            gv = _reduce(g_x.mul_(a).mul_(ce), v.shape).neg_() if need_v else None
+            gc = _sum_product(g_x, e, c.shape) if need_c else None
+            gv = _sum_product(g_x.mul_(a), ce, v.shape).neg_() if need_v else None
         if need_x:
             gx = torch.addcmul(g, g, (a * -v).add_(1).mul_(ce))
         return gx, gc, gv
@@ -369,7 +365,7 @@ class _Overshoot(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         q, den, a = ctx.saved_tensors
         need_new, need_x, need_a, _ = ctx.needs_input_grad
-        ga = _reduce(g * q, a.shape) if need_a else None
+        ga = _sum_product(g, q, a.shape) if need_a else None
         s = (g * (a * ctx.eps)).div_(den).div_(den)  # g a dq/dd
         return (g + s) if need_new else None, s.neg_() if need_x else None, ga, None
 
