@@ -15,7 +15,7 @@ import torch
 from unrolled.errors import UsageError
 from unrolled.io import load_safetensors, save_safetensors
 from unrolled.models import MODELS, build
-from unrolled.models.design_space import dense_gates, lfista_gates
+from unrolled.models.design_space import dense_gates, lfista_gates, lista_gates
 from unrolled.problem import Problem, ProblemSpec
 
 NAMES = sorted(MODELS)
@@ -159,9 +159,7 @@ VARIANTS = [
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={v[k]}" for k in v))
 def test_design_space_variants(variant, problem, batch):
     x, y = batch
-    cfg = dict(variant, K=K)
-    cfg["gates"] = {"dense": dense_gates, "lfista": lfista_gates}.get(cfg.get("gates"), lambda K: None)(K)
-    model = build("lwa", problem, cfg, F64)
+    model = build("lwa", problem, dict(variant, K=K), F64)  # gates by pattern name, as the CLI passes them
     json.dumps(dataclasses.asdict(model.config))
     outs = model(y, all_layers=True)
     assert len(outs) == K + 1 and outs[-1].shape == x.shape
@@ -246,3 +244,9 @@ def test_gates_from_the_command_line(problem):
     assert model.config.gates == lfista_gates(K)
     with torch.no_grad():
         assert math.isfinite(float(model(torch.zeros(2, problem.m)).sum()))
+
+
+@pytest.mark.parametrize("name, pattern", [("lista", lista_gates), ("lfista", lfista_gates), ("dense", dense_gates)])
+def test_gates_by_pattern_name(name, pattern, problem):
+    assert build("lwa", problem, {"K": K, "gates": name}).config.gates == pattern(K)
+    raises_listing(lambda: build("lwa", problem, {"K": K, "gates": "fista"}), "'fista'", "lista", "lfista", "dense")

@@ -56,6 +56,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             return None
+        if str in args and isinstance(value, str) and not value.lstrip().startswith("["):
+            return value  # a name (e.g. a gate pattern), checked by the config itself
         hint = args[0]
     try:
         if hint is bool:

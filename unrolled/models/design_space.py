@@ -75,8 +75,16 @@ def _is_bit(v) -> bool:
     return isinstance(v, bool) or (isinstance(v, int | float) and v in (0, 1))
 
 
+PATTERNS = {"lista": lista_gates, "lfista": lfista_gates, "dense": dense_gates}
+
+
 def check_gates(gates, K: int) -> list[list[int]]:
-    """Validate a K x K gate matrix and return it as lists of ints; fail naming the rule broken."""
+    """Validate a K x K gate matrix (or the name of a pattern in :data:`PATTERNS`) and return it
+    as lists of ints; fail naming the rule broken."""
+    if isinstance(gates, str):
+        check(gates in PATTERNS, f"gates={gates!r} is not a named pattern; valid: {', '.join(PATTERNS)}, "
+                                 f"or a {K}x{K} 0/1 matrix as JSON")
+        return PATTERNS[gates](K)
     rule = (f"gates must be a {K}x{K} 0/1 matrix, gates[k][i] = 1 when x^(i) feeds layer k+1, "
             f"with i <= k, gates[k][k] = 1 and no gate from x^(0) below row 0")
     rows = gates if isinstance(gates, list | tuple) else None
@@ -109,7 +117,7 @@ def parse_neurons(spec, K: int) -> list[str]:
 
 @dataclass
 class LwaConfig(Config):
-    gates: list[list[int]] | None = None  # K x K; None: this family's default pattern
+    gates: list[list[int]] | str | None = None  # K x K, or lista | lfista | dense; None: the family's default
     neurons: str = "soft"  # one of soft | relu | leaky, or K comma-separated names
     injection: str = "lwa"  # lwa | naive | momentum
 

@@ -24,13 +24,10 @@ from .. import evaluate as E
 from ..errors import UsageError
 from ..io import sha256, write_json
 from ..models import MODELS, build, make_config
-from ..models import design_space as D
 from ..problem import Problem, _stream
 from ..train import Trainer, finish_run, load_weights, make_schedule, write_run_config
 from . import analyses
 from .config import PROBLEM_KEYS, TEST_ONLY, Budget, Cell, Experiment, ModelEntry, train_options
-
-GATES = {"lista": D.lista_gates, "lfista": D.lfista_gates, "dense": D.dense_gates}
 
 
 class NotFinished(Exception):
@@ -66,11 +63,6 @@ def model_overrides(exp: Experiment, entry: ModelEntry, cell: Cell, K: int) -> t
     """Config overrides of ``entry`` in ``cell``, extra row columns, and the pruned layers."""
     cfg = {**entry.config, **cell.model, "K": K}
     extra: dict = {}
-    if isinstance(cfg.get("gates"), str):
-        name = cfg["gates"]
-        if name not in GATES:
-            raise UsageError(f"{exp.name}: gates = {name!r} is not a named pattern; valid: {', '.join(GATES)}")
-        cfg["gates"] = GATES[name](K)
     if "arch" in cell.tags:
         neurons = exp.architectures.get("neurons", ["soft"])
         cfg["gates"], cfg["neurons"], extra["extra_connections"] = analyses.random_architecture(
