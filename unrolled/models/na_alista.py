@@ -82,6 +82,9 @@ class NA_ALISTA(AnalyticNet):
                 self.head = nn.Sequential(nn.Linear(H, H, dtype=f64), nn.ReLU(), nn.Linear(H, 2, dtype=f64),
                                           nn.Softplus())
         self.c0 = nn.Parameter(torch.zeros(H, dtype=f64))
+        two_g = torch.ones(4 * H, 1, dtype=f64)
+        two_g[2 * H:3 * H] = 2
+        self.register_buffer("two_g", two_g, persistent=False)
         self.h0 = nn.Parameter(torch.zeros(H, dtype=f64))
         g = torch.Generator().manual_seed(config.init_seed)
         with torch.no_grad():
@@ -114,18 +117,22 @@ class NA_ALISTA(AnalyticNet):
     def lstm(self, inp: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """``self.cell(inp, state)`` (``nn.LSTMCell``; gates in its order i, f, g, o) in fewer passes.
 
-        One product is accumulated into the other and both biases are added once, where
-        ``nn.LSTMCell`` copies each bias into its own (batch, 4H) product and then adds the two.
-        Equal to ``nn.LSTMCell`` up to rounding (tested in float64).
+        ``tanh(u) = 2 sigmoid(2 u) - 1``: torch's CPU ``tanh`` is about ten times slower than
+        ``sigmoid`` (benchmarks/bench_forward.py), so the g rows of the weights and biases are
+        doubled (exactly) and one ``sigmoid`` covers all four gates. One product is accumulated
+        into the other and the biases are added once, where ``nn.LSTMCell`` copies each bias into
+        its own (batch, 4H) product and then adds the two. Equal to ``nn.LSTMCell`` up to
+        rounding (tested in float64).
         """
         h, c = state
         cell, H = self.cell, self.config.H
-        gates = h @ cell.weight_hh.T
-        gates = gates.addmm_(inp, cell.weight_ih.T).add_(cell.bias_ih + cell.bias_hh)
-        ifo = torch.sigmoid(gates[:, :2 * H])
-        o = torch.sigmoid(gates[:, 3 * H:])
-        c = torch.addcmul(ifo[:, H:] * c, ifo[:, :H], torch.tanh(gates[:, 2 * H:3 * H]))
-        return o * torch.tanh(c), c
+        two_g = self.two_g.to(h.dtype)  # (4H, 1): 2 on the g rows, 1 elsewhere
+        gates = h @ (cell.weight_hh * two_g).T
+        gates = gates.addmm_(inp, (cell.weight_ih * two_g).T).add_((cell.bias_ih + cell.bias_hh) * two_g[:, 0])
+        s = torch.sigmoid(gates)
+        i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
+        c = torch.addcmul(f * c, i, s[:, 2 * H:3 * H] * 2 - 1)
+        return o * (torch.sigmoid(c * 2) * 2 - 1), c
 
     def thresholds(self, t: int, r: Tensor, d: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
         """``(gamma, theta)``, each ``(batch, 1)``, from the residual ``r = y - A x`` and ``d = W^T r``."""
