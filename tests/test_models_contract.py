@@ -14,7 +14,7 @@ import torch
 
 from unrolled.errors import UsageError
 from unrolled.io import load_safetensors, save_safetensors
-from unrolled.models import MODELS, build
+from unrolled.models import MODELS, base, build
 from unrolled.models.design_space import dense_gates, lfista_gates, lista_gates
 from unrolled.problem import Problem, ProblemSpec
 
@@ -104,6 +104,23 @@ def test_inference_path_matches_autograd_path_bitwise(name, problem, batch):
         b = model(y, all_layers=True)
     for t, (u, v) in enumerate(zip(a, b)):
         assert torch.equal(u, v), f"layer {t} differs between training and inference"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpu_blocks_match_one_batch(name, problem, batch, monkeypatch):
+    """Inference on the CPU runs big batches in blocks of samples; every sample's result is the same."""
+    _, y = batch
+    model = build(name, problem, {"K": K}, F64)
+    perturb(model)
+    with torch.inference_mode():
+        whole = model(y, all_layers=True)
+        monkeypatch.setattr(base, "BLOCK_BYTES", 3 * problem.n * 8)  # blocks of 3, 3 and 1 samples
+        assert base.block_rows(problem.n, y) == 3
+        blocked = model(y, all_layers=True)
+        assert torch.equal(model(y), blocked[-1])
+    for t, (u, v) in enumerate(zip(whole, blocked, strict=True)):
+        # up to rounding: BLAS may sum a product in another order for another number of rows
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-14), f"layer {t} differs when run in blocks"
 
 
 @pytest.mark.parametrize("name", NAMES)
