@@ -138,6 +138,7 @@ def count_schedule(s: float, K: int, ramp: float = 1.0) -> list[int]:
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}  # row-parallel selection, one pool per thread count
+PARALLEL_ROWS = 4096  # selection on fewer rows runs in one call
 
 
 def _partition_column(a, index: int):
@@ -147,7 +148,7 @@ def _partition_column(a, index: int):
     the GIL while it partitions); every row's result is the same as in one call.
     """
     rows, threads = a.shape[0], torch.get_num_threads()
-    if threads < 2 or rows < 4096:
+    if threads < 2 or rows < PARALLEL_ROWS:
         return np.partition(a, index, axis=-1)[:, index:index + 1]
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads)
