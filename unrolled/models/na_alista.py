@@ -117,8 +117,8 @@ class NA_ALISTA(AnalyticNet):
     def lstm(self, inp: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """``self.cell(inp, state)`` (``nn.LSTMCell``; gates in its order i, f, g, o) in fewer passes.
 
-        ``tanh(u) = 2 sigmoid(2 u) - 1``: torch's CPU ``tanh`` is about ten times slower than
-        ``sigmoid`` (benchmarks/bench_forward.py), so the g rows of the weights and biases are
+        ``tanh(u) = 2 sigmoid(2 u) - 1``: torch's CPU ``tanh`` is about five to ten times slower
+        than ``sigmoid`` (docs/forward-throughput.md), so the g rows of the weights and biases are
         doubled (exactly) and one ``sigmoid`` covers all four gates. One product is accumulated
         into the other and the biases are added once, where ``nn.LSTMCell`` copies each bias into
         its own (batch, 4H) product and then adds the two. Equal to ``nn.LSTMCell`` up to
