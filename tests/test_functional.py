@@ -251,3 +251,21 @@ def test_aglista_gates_give_the_same_bits_with_and_without_autograd():
         gain, over = F.gain_gate(x, c, v), F.overshoot(x_new, x, a)
     assert torch.equal(gain, F.gain_gate(x, c.requires_grad_(), v))
     assert torch.equal(over, F.overshoot(x_new, x, a.requires_grad_()))
+
+
+def test_adaptive_threshold_matches_its_formula_finite_differences_and_no_grad_bits():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(6, 13, generator=g, dtype=D)
+    x[0, :3] = 0.0  # |x| at its kink: autograd's abs gives 0 there, so must we
+    theta = t(0.4)
+    torch.testing.assert_close(F.adaptive_threshold(x, theta, 0.1), theta / (x.abs() / 0.1 + 1), rtol=1e-14, atol=0)
+    xg, tg = x.clone().requires_grad_(), theta.clone().requires_grad_()
+    F.adaptive_threshold(xg, tg, 0.1).sum().backward()
+    assert torch.all(xg.grad[0, :3] == 0)
+    x[0, :3] = 0.5  # finite differences need distance from the kink
+    assert torch.autograd.gradcheck(lambda x, th: F.adaptive_threshold(x, th, 0.1),
+                                    [x.clone().requires_grad_(), theta.clone().requires_grad_()])
+    x32, th32 = x.float(), theta.float()
+    with torch.no_grad():
+        ref = F.adaptive_threshold(x32, th32, 0.1)
+    assert torch.equal(ref, F.adaptive_threshold(x32, th32.requires_grad_(), 0.1))

@@ -76,7 +76,7 @@ class ALISTA_AT(ALISTA):
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
-        theta = p.theta / x.abs().div_(self.config.eps).add_(1)  # in place on abs's output: same bits
+        theta = F.adaptive_threshold(x, p.theta, self.config.eps)
         return self.shrink(t, F.gradient_step(x, y, self.A, self.W, p.gamma), theta)
 
 
