@@ -83,7 +83,7 @@ class NA_ALISTA(AnalyticNet):
                                           nn.Softplus())
         self.c0 = nn.Parameter(torch.zeros(H, dtype=f64))
         two_g = torch.ones(4 * H, 1, dtype=f64)
-        two_g[2 * H:3 * H] = 2
+        two_g[2 * H:3 * H] = 2  # tanh(u) = 2 sigmoid(2 u) - 1 (see lstm)
         self.register_buffer("two_g", two_g, persistent=False)
         self.h0 = nn.Parameter(torch.zeros(H, dtype=f64))
         g = torch.Generator().manual_seed(config.init_seed)
@@ -112,9 +112,16 @@ class NA_ALISTA(AnalyticNet):
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         b = y.shape[0]
         ctx["state"] = (self.h0.expand(b, -1), self.c0.expand(b, -1))
+        ctx["lstm"] = self.lstm_weights()  # once per forward pass, not per layer
         return super().begin(y, ctx)
 
-    def lstm(self, inp: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def lstm_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(W_hh, W_ih, b_ih + b_hh)`` of the cell with the g rows doubled (exact; see :meth:`lstm`)."""
+        cell, two_g = self.cell, self.two_g
+        return cell.weight_hh * two_g, cell.weight_ih * two_g, (cell.bias_ih + cell.bias_hh) * two_g[:, 0]
+
+    def lstm(self, inp: Tensor, state: tuple[Tensor, Tensor],
+             weights: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """``self.cell(inp, state)`` (``nn.LSTMCell``; gates in its order i, f, g, o) in fewer passes.
 
         ``tanh(u) = 2 sigmoid(2 u) - 1``: torch's CPU ``tanh`` is about five to ten times slower
@@ -125,10 +132,10 @@ class NA_ALISTA(AnalyticNet):
         rounding (tested in float64).
         """
         h, c = state
-        cell, H = self.cell, self.config.H
-        two_g = self.two_g.to(h.dtype)  # (4H, 1): 2 on the g rows, 1 elsewhere
-        gates = h @ (cell.weight_hh * two_g).T
-        gates = gates.addmm_(inp, (cell.weight_ih * two_g).T).add_((cell.bias_ih + cell.bias_hh) * two_g[:, 0])
+        w_hh, w_ih, bias = self.lstm_weights() if weights is None else weights
+        H = self.config.H
+        gates = h @ w_hh.T
+        gates = gates.addmm_(inp, w_ih.T).add_(bias)
         s = torch.sigmoid(gates)
         i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
         c = torch.addcmul(f * c, i, s[:, 2 * H:3 * H] * 2 - 1)
@@ -136,7 +143,7 @@ class NA_ALISTA(AnalyticNet):
 
     def thresholds(self, t: int, r: Tensor, d: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
         """``(gamma, theta)``, each ``(batch, 1)``, from the residual ``r = y - A x`` and ``d = W^T r``."""
-        h, c = self.lstm(self.features(r, d) / self.feature_scale, ctx["state"])
+        h, c = self.lstm(self.features(r, d) / self.feature_scale, ctx["state"], ctx["lstm"])
         ctx["state"] = (h, c)
         out = self.head(c)
         if self.config.head == "paper":
