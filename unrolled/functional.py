@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import kernels
+
 SUPPORT_MODES = ("none", "percentage", "count")
 
 
@@ -75,22 +77,32 @@ def _sum_product(a: Tensor, b: Tensor, shape: torch.Size) -> Tensor:
 class _Shrink(torch.autograd.Function):
     """``z - clamp(z, -theta, theta) * [|z| <= hi]`` and its gradient.
 
-    ``hi`` (no gradient, broadcasting against ``z``) is the support-selection cut: entries
-    with ``|z| > hi`` pass unchanged; ``hi = None`` is the plain soft threshold. One function
-    instead of autograd through ``clamp`` with tensor bounds and a mask, which cost a quarter
-    of an ALISTA training step. An entry passes (``d/dz = 1``) where ``|z| > min(hi, theta)``,
-    else ``d/dz = 0``; ``d/dtheta = -sign(z)`` where it passes and ``|z| <= hi`` (shrunk), else
-    0: the conventions of ``clamp`` at ``|z| = theta``. Comparisons write float 0/1 factors
-    directly (boolean tensors and their conversion are several times slower on the CPU).
-    ``theta_below_hi`` (the percentage form, whose cut is ``max(cut, theta)``) skips the pass
-    that computes ``min(hi, theta) = theta``.
+    ``hi`` is the support-selection level: ``cut`` (a per-sample ``(batch, 1)`` tensor without
+    gradient, or None for the plain soft threshold, which shrinks every entry), raised to
+    ``max(cut, theta)`` in the percentage form (``with_theta``). Entries with ``|z| > hi`` pass
+    unchanged. One function instead of autograd through ``clamp`` with tensor bounds and a mask,
+    which cost a quarter of an ALISTA training step. An entry passes (``d/dz = 1``) where
+    ``|z| > min(hi, theta)``, else ``d/dz = 0``; ``d/dtheta = -sign(z)`` where it passes and
+    ``|z| <= hi`` (shrunk), else 0: the conventions of ``clamp`` at ``|z| = theta``.
+
+    On the CPU both directions run as one fused kernel each (:mod:`unrolled.kernels`), which
+    keeps the entries' states as ``int8`` codes. Otherwise: comparisons write float 0/1
+    factors directly (boolean tensors and their conversion are several times slower on the
+    CPU); ``a = |z|`` may be given (the selection computed it) and is overwritten.
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, theta: Tensor, hi: Tensor | None, a: Tensor | None = None,
-                theta_below_hi: bool = False) -> Tensor:
-        a = z.abs() if a is None else a  # |z|, given by shrink (and overwritten here)
-        lo = theta if hi is None or theta_below_hi else torch.minimum(hi, theta)  # min(hi, theta)
+    def forward(ctx, z: Tensor, theta: Tensor, cut: Tensor | None, with_theta: bool = False,
+                a: Tensor | None = None) -> Tensor:
+        ctx.theta_shape = theta.shape
+        ctx.kernel = kernels.usable(z, theta)
+        if ctx.kernel:
+            out, code = kernels.shrink_forward(z, theta, cut, with_theta)
+            ctx.save_for_backward(code)
+            return out
+        hi = cut if cut is None or not with_theta else torch.maximum(cut, theta)
+        a = z.abs() if a is None else a
+        lo = theta if hi is None or with_theta else torch.minimum(hi, theta)  # min(hi, theta)
         passing = torch.gt(a, lo, out=torch.empty_like(z))
         clipped = _clamp(z, theta)
         signs = torch.sign(z)
@@ -98,18 +110,19 @@ class _Shrink(torch.autograd.Function):
             inside = torch.le(a, hi, out=a)
             clipped.mul_(inside)
             signs.mul_(inside)
-        ctx.theta_shape = theta.shape
         ctx.save_for_backward(passing, signs)
         return torch.sub(z, clipped, out=clipped)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        need_z, need_theta = ctx.needs_input_grad[:2]
+        if ctx.kernel:
+            grad_z, grad_theta = kernels.shrink_backward(grad, *ctx.saved_tensors, ctx.theta_shape, need_theta)
+            return (grad_z if need_z else None), grad_theta, None, None, None
         passing, signs = ctx.saved_tensors
         grad_z = grad * passing
-        grad_theta = None
-        if ctx.needs_input_grad[1]:
-            grad_theta = _sum_product(grad_z, signs, ctx.theta_shape).neg_()
-        return (grad_z if ctx.needs_input_grad[0] else None), grad_theta, None, None, None
+        grad_theta = _sum_product(grad_z, signs, ctx.theta_shape).neg_() if need_theta else None
+        return (grad_z if need_z else None), grad_theta, None, None, None
 
 
 def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
@@ -211,13 +224,14 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
     """
     if keep <= 0:
         return soft_threshold(z, theta)
+    train = torch.is_grad_enabled() and isinstance(theta, Tensor)
     with torch.no_grad():
         a = z.abs()
-        hi = selection_cut(a, keep, theta if with_theta else None)
-    if torch.is_grad_enabled() and isinstance(theta, Tensor):
-        return _Shrink.apply(z, theta, hi, a, with_theta)  # with theta, hi = max(cut, theta) >= theta
+        cut = selection_cut(a, keep, None if train or not with_theta else theta)
+    if train:
+        return _Shrink.apply(z, theta, cut, with_theta, a)  # it raises the cut to theta itself
     with torch.no_grad():
-        inside = torch.le(a, hi, out=a)
+        inside = torch.le(a, cut, out=a)
     clipped = _clamp(z, theta)
     if not torch.is_grad_enabled() and _fits(clipped, z):
         return torch.sub(z, clipped.mul_(inside), out=clipped)  # the same bits as below
@@ -351,15 +365,19 @@ class _GainGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, c: Tensor, v: Tensor) -> Tensor:
         a = x.abs()
-        e = torch.exp(a * -v)
+        e = torch.exp(a.mul_(-v))
         ce = e * c
-        ctx.save_for_backward(x, a, e, ce, c, v)
+        ctx.kernel = kernels.usable_scalars(x, scalars=(c, v))
+        ctx.save_for_backward(*((x, e, c, v) if ctx.kernel else (x, x.abs(), e, ce, c, v)))
         return torch.addcmul(x, x, ce)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, a, e, ce, c, v = ctx.saved_tensors
         need_x, need_c, need_v = ctx.needs_input_grad
+        if ctx.kernel:
+            gx, gc, gv = kernels.gain_backward(g, *ctx.saved_tensors)
+            return gx if need_x else None, gc if need_c else None, gv if need_v else None
+        x, a, e, ce, c, v = ctx.saved_tensors
         gx = gc = gv = None
         if need_c or need_v:
             g_x = g * x
@@ -377,6 +395,8 @@ def overshoot(x_new: Tensor, x: Tensor, a: Tensor, eps: float = 0.01) -> Tensor:
     autograd node (:class:`_Overshoot`); without autograd in two buffers (the same bits).
     """
     if not torch.is_grad_enabled():
+        if kernels.usable_scalars(x_new, x, scalars=(a,)):
+            return kernels.overshoot_forward(x_new, x, a, eps)[0]
         d = x_new - x
         q = d.div_(d.abs().add_(eps))
         return torch.addcmul(x_new, a, q, out=q) if _fits(q, x_new) else torch.addcmul(x_new, a, q)
@@ -388,17 +408,25 @@ class _Overshoot(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> Tensor:
+        ctx.eps = eps
+        ctx.kernel = kernels.usable_scalars(x_new, x, scalars=(a,))
+        if ctx.kernel:  # one pass; q is recomputed from x_new, x and den backward
+            out, den = kernels.overshoot_forward(x_new, x, a, eps)
+            ctx.save_for_backward(x_new, x, den, a)
+            return out
         d = x_new - x
         den = d.abs().add_(eps)
         q = d.div_(den)
-        ctx.eps = eps
         ctx.save_for_backward(q, den, a)
         return torch.addcmul(x_new, a, q)
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        q, den, a = ctx.saved_tensors
         need_new, need_x, need_a, _ = ctx.needs_input_grad
+        if ctx.kernel:
+            g_new, g_x, ga = kernels.overshoot_backward(g, *ctx.saved_tensors, ctx.eps)
+            return g_new if need_new else None, g_x if need_x else None, ga if need_a else None, None
+        q, den, a = ctx.saved_tensors
         ga = _sum_product(g, q, a.shape) if need_a else None
         s = (g * (a * ctx.eps)).div_(den).div_(den)  # g a dq/dd
         return (g + s) if need_new else None, s.neg_() if need_x else None, ga, None

@@ -1,0 +1,228 @@
+"""Fused CPU kernels (Numba) for the element-wise work of a training step.
+
+In training, PyTorch runs each element-wise operation of a layer as its own pass over a
+``(batch, n)`` tensor, and at batch 512 a layer's tensors come from memory rather than the
+cache: about 40 us a pass on the 2-core benchmark machine, 20 to 45 passes a layer for the
+ALISTA family (benchmarks/bench_train.py). These kernels do the forward and the backward of
+one operation in one pass each, and keep masks as ``int8`` codes instead of float factors.
+
+They run on the calling thread: a second thread would compete with PyTorch's OpenMP workers,
+which spin between products (row-parallel selection on a thread pool was slower for that
+reason). Each kernel computes the same operations in the same order as the PyTorch form in
+:mod:`unrolled.functional`. The shrinkage matches it bit for bit (its parameter gradient
+aside); elsewhere multiply-adds are fused, as PyTorch's x86 build fuses them, and sums
+accumulate in float64, so values agree to rounding (tests/test_kernels.py). Where a function
+has a kernel, training and inference both take it, so the two give the same bits (the model
+contract). Transcendental functions (``exp``) stay in PyTorch: Numba calls the scalar
+``libm`` one, about six times slower.
+
+:func:`usable` says whether a call may take a kernel: CPU tensors of one floating dtype,
+contiguous, with parameters as a scalar, per sample ``(batch, 1)`` or per entry ``(batch, n)``;
+:func:`usable_scalars` the same with scalar parameters only. ``ENABLED = False`` turns them
+off (for A/B measurements and equivalence tests).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+ENABLED = True
+_JIT = dict(cache=True, nogil=True, error_model="numpy")  # IEEE operations exactly as written
+_FMA = dict(_JIT, fastmath={"contract"})  # a * b + c as one fused multiply-add, as PyTorch's addcmul on x86
+_SUM = dict(_JIT, fastmath={"contract", "reassoc"})  # and vectorised (float64) sums
+
+ZERO, BYPASS, ZERO_SIGN = 0, 2, 3  # shrink codes; a shrunk entry's code is sign(z) (-1 or 1)
+
+
+def usable(z: Tensor, *params: Tensor) -> bool:
+    """Whether ``z`` (2-D) and ``params`` can go to a kernel (see the module docstring)."""
+    if not ENABLED or z.device.type != "cpu" or z.dim() != 2 or z.dtype not in (torch.float32, torch.float64):
+        return False
+    if not z.is_contiguous():
+        return False
+    for p in params:
+        if p.dtype != z.dtype or p.device.type != "cpu":
+            return False
+        per_sample = p.dim() == 2 and p.shape == (z.shape[0], 1)
+        if not (p.dim() == 0 or per_sample or (p.shape == z.shape and p.is_contiguous())):
+            return False
+    return True
+
+
+def usable_scalars(*tensors: Tensor, scalars: tuple[Tensor, ...]) -> bool:
+    """Whether the 2-D ``tensors`` (of one shape) and the 0-d ``scalars`` can go to a kernel."""
+    return (all(s.dim() == 0 for s in scalars) and all(t.shape == tensors[0].shape for t in tensors)
+            and all(usable(t, *scalars) for t in tensors))
+
+
+def _rows(p: Tensor) -> np.ndarray:
+    """A parameter as a contiguous 2-D array: ``(1, 1)`` for a scalar, else itself."""
+    return p.detach().reshape(1, 1).numpy() if p.dim() == 0 else p.detach().contiguous().numpy()
+
+
+def _scalar_type(t: Tensor):
+    """NumPy's scalar type of ``t``'s dtype: kernel constants of the data's precision."""
+    return np.float32 if t.dtype == torch.float32 else np.float64
+
+
+def _reduce(total: np.ndarray, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """A float64 gradient accumulator ``(rows, cols)`` as a tensor of the parameter's shape and dtype."""
+    return torch.from_numpy(total).to(dtype).reshape(shape)
+
+
+# --- soft threshold with support selection ------------------------------------------------------------
+
+
+@numba.njit(inline="always")
+def _shrink_entry(zj, th, hi, lo):
+    a = abs(zj)
+    if a <= hi:  # shrunk or zeroed
+        out = zj - min(max(zj, -th), th)
+        code = ZERO if a <= lo else (1 if zj > 0 else (-1 if zj < 0 else ZERO_SIGN))
+    else:  # bypasses the shrinkage
+        out = zj
+        code = BYPASS if a > lo else ZERO
+    return out, np.int8(code)
+
+
+@numba.njit(**_JIT)
+def _shrink_forward(z, theta, cut, with_theta, out, code):
+    B, n = z.shape
+    per_row, per_entry = theta.shape[0] > 1, theta.shape[1] > 1
+    for b in range(B):
+        tb = theta[b if per_row else 0]
+        c = cut[b]
+        if per_entry:
+            for j in range(n):
+                th = tb[j]
+                hi = max(c, th) if with_theta else c
+                out[b, j], code[b, j] = _shrink_entry(z[b, j], th, hi, min(hi, th))
+        else:
+            th = tb[0]
+            hi = max(c, th) if with_theta else c
+            lo = min(hi, th)
+            for j in range(n):
+                out[b, j], code[b, j] = _shrink_entry(z[b, j], th, hi, lo)
+
+
+@numba.njit(**_SUM)
+def _shrink_backward(g, code, per_row, per_entry, zero, one, gz, gtheta):
+    """``gz = g [code != 0]``; ``gtheta`` gets ``-g sign`` of the shrunk entries, summed to its shape
+    (float64 unless per entry). ``zero``, ``one``: constants of ``g``'s dtype."""
+    B, n = g.shape
+    for b in range(B):
+        acc = 0.0
+        for j in range(n):
+            c = code[b, j]
+            gj = g[b, j] * (one if c != ZERO else zero)  # grad * passing, as in PyTorch
+            gz[b, j] = gj
+            s = -(gj * (one if c == 1 else (-one if c == -1 else zero)))  # -(grad_z * signs)
+            if per_entry:
+                gtheta[b, j] = s
+            else:
+                acc += s
+        if not per_entry:
+            gtheta[b if per_row else 0, 0] += acc
+
+
+def shrink_forward(z: Tensor, theta: Tensor, cut: Tensor | None, with_theta: bool) -> tuple[Tensor, Tensor]:
+    """``(out, code)`` of the selection shrinkage (see ``functional._Shrink``); ``cut`` is ``(batch, 1)``
+    or None (no selection: every entry is shrunk)."""
+    out = torch.empty_like(z)
+    code = torch.empty(z.shape, dtype=torch.int8)
+    c = np.full(z.shape[0], np.inf, z.numpy().dtype) if cut is None else cut.reshape(-1).numpy()
+    _shrink_forward(z.detach().numpy(), _rows(theta), c, with_theta and cut is not None, out.numpy(), code.numpy())
+    return out, code
+
+
+def shrink_backward(g: Tensor, code: Tensor, theta_shape: torch.Size,
+                    need_theta: bool) -> tuple[Tensor, Tensor | None]:
+    """``(grad_z, grad_theta)`` for :func:`shrink_forward` from the output gradient ``g``."""
+    g = g.contiguous()
+    gz = torch.empty_like(g)
+    per_entry = len(theta_shape) == 2 and theta_shape[1] > 1
+    per_row = len(theta_shape) == 2 and theta_shape[0] > 1
+    rows = g.shape[0] if per_row else 1
+    gt = np.zeros((rows, g.shape[1] if per_entry else 1), np.float64 if not per_entry else g.numpy().dtype)
+    t = _scalar_type(g)
+    _shrink_backward(g.numpy(), code.numpy(), per_row, per_entry, t(0), t(1), gz.numpy(), gt)
+    return gz, (_reduce(gt, theta_shape, g.dtype) if need_theta else None)
+
+
+# --- AGLISTA's gates ------------------------------------------------------------------------------------
+
+@numba.njit(**_SUM)
+def _gain_backward(g, x, e, c, v, one, gx):
+    """``gx = g + g (1 - v |x|) ce``; returns ``(sum g x e, -sum g x |x| ce)`` in float64."""
+    B, n = g.shape
+    gc = 0.0
+    gv = 0.0
+    for b in range(B):
+        for j in range(n):
+            gj, xj = g[b, j], x[b, j]
+            ej = e[b, j]
+            ce = ej * c
+            a = abs(xj)
+            gx[b, j] = gj + gj * ((a * -v + one) * ce)
+            gxj = gj * xj
+            gc += gxj * ej
+            gv -= gxj * a * ce
+    return gc, gv
+
+
+def gain_backward(g: Tensor, x: Tensor, e: Tensor, c: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(grad_x, grad_c, grad_v)`` of AGLISTA's gain gate ``x + x c e``, ``e = exp(-v |x|)`` (scalar ``c``, ``v``)."""
+    g = g.contiguous()
+    gx = torch.empty_like(g)
+    t = _scalar_type(g)
+    gc, gv = _gain_backward(g.numpy(), x.numpy(), e.numpy(), t(c.item()), t(v.item()), t(1), gx.numpy())
+    return gx, torch.tensor(gc, dtype=c.dtype), torch.tensor(gv, dtype=v.dtype)
+
+
+@numba.njit(**_FMA)
+def _overshoot_forward(x_new, x, a, eps, out, den):
+    B, n = x.shape
+    for b in range(B):
+        for j in range(n):
+            d = x_new[b, j] - x[b, j]
+            dn = abs(d) + eps
+            den[b, j] = dn
+            out[b, j] = x_new[b, j] + a * (d / dn)
+
+
+@numba.njit(**_SUM)
+def _overshoot_backward(g, x_new, x, den, a, eps, g_new, g_x):
+    """``s = g a eps / den^2``; ``g_new = g + s``, ``g_x = -s``; returns ``sum g q`` in float64."""
+    B, n = g.shape
+    ga = 0.0
+    ae = a * eps
+    for b in range(B):
+        for j in range(n):
+            gj, dn = g[b, j], den[b, j]
+            s = gj * ae / dn / dn
+            g_new[b, j] = gj + s
+            g_x[b, j] = -s
+            ga += gj * ((x_new[b, j] - x[b, j]) / dn)
+    return ga
+
+
+def overshoot_forward(x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x_new + a q, |d| + eps)`` with ``d = x_new - x``, ``q = d / (|d| + eps)`` (``a`` scalar)."""
+    out, den = torch.empty_like(x), torch.empty_like(x)
+    t = _scalar_type(x)
+    _overshoot_forward(x_new.detach().numpy(), x.detach().numpy(), t(a.item()), t(eps), out.numpy(), den.numpy())
+    return out, den
+
+
+def overshoot_backward(g: Tensor, x_new: Tensor, x: Tensor, den: Tensor, a: Tensor,
+                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(grad_x_new, grad_x, grad_a)`` of :func:`overshoot_forward`."""
+    g = g.contiguous()
+    g_new, g_x = torch.empty_like(g), torch.empty_like(g)
+    t = _scalar_type(g)
+    ga = _overshoot_backward(g.numpy(), x_new.numpy(), x.numpy(), den.numpy(), t(a.item()), t(eps),
+                             g_new.numpy(), g_x.numpy())
+    return g_new, g_x, torch.tensor(ga, dtype=a.dtype)
