@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from unrolled import functional as F
-from unrolled import solvers
+from unrolled import kernels, solvers
 from unrolled.models import build
 from unrolled.models.design_space import dense_gates, extra_connections, lfista_gates, lista_gates
 from unrolled.problem import Problem, ProblemSpec
@@ -246,3 +246,21 @@ def test_na_alista_cell_equals_torch_lstm_cell():
     inp, h, c = (torch.randn(5, k, generator=g, dtype=torch.float64) for k in (2, 7, 7))
     for got, want in zip(model.lstm(inp, (h, c)), model.cell(inp, (h, c)), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # ... and so are the gradients of the hand-written backward, kernel and PyTorch forms
+    dh, dc = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+
+    def grads(cell):
+        leaves = [v.clone().requires_grad_() for v in (inp, h, c)]
+        out_h, out_c = cell(leaves[0], (leaves[1], leaves[2]))
+        params = list(model.cell.parameters())
+        return torch.autograd.grad((out_h * dh).sum() + (out_c * dc).sum(), leaves + params)
+
+    want = grads(model.cell)
+    for enabled in (True, False):
+        kernels.ENABLED = enabled
+        try:
+            got = grads(model.lstm)
+        finally:
+            kernels.ENABLED = True
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

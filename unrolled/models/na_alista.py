@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import kernels
 from ..errors import check, choice
 from .alista import AnalyticNet
 from .base import Config, register
@@ -128,18 +129,11 @@ class NA_ALISTA(AnalyticNet):
         than ``sigmoid`` (docs/forward-throughput.md), so the g rows of the weights and biases are
         doubled (exactly) and one ``sigmoid`` covers all four gates. One product is accumulated
         into the other and the biases are added once, where ``nn.LSTMCell`` copies each bias into
-        its own (batch, 4H) product and then adds the two. Equal to ``nn.LSTMCell`` up to
-        rounding (tested in float64).
+        its own (batch, 4H) product and then adds the two. The backward is written out
+        (:class:`_LstmCell`). Equal to ``nn.LSTMCell`` up to rounding, gradients included (tested
+        in float64).
         """
-        h, c = state
-        w_hh, w_ih, bias = self.lstm_weights() if weights is None else weights
-        H = self.config.H
-        gates = h @ w_hh.T
-        gates = gates.addmm_(inp, w_ih.T).add_(bias)
-        s = torch.sigmoid(gates)
-        i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
-        c = torch.addcmul(f * c, i, s[:, 2 * H:3 * H] * 2 - 1)
-        return o * (torch.sigmoid(c * 2) * 2 - 1), c
+        return _LstmCell.apply(inp, *state, *(self.lstm_weights() if weights is None else weights))
 
     def thresholds(self, t: int, r: Tensor, d: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
         """``(gamma, theta)``, each ``(batch, 1)``, from the residual ``r = y - A x`` and ``d = W^T r``."""
@@ -156,3 +150,39 @@ class NA_ALISTA(AnalyticNet):
         d = r @ self.W
         gamma, theta = self.thresholds(t, r, d, ctx)
         return self.shrink(t, torch.addcmul(x, gamma, d), theta)
+
+
+class _LstmCell(torch.autograd.Function):
+    """``(h, c)`` of :meth:`NA_ALISTA.lstm` from ``(inp, h, c, W_hh, W_ih, bias)``, g rows doubled.
+
+    One autograd node instead of about twenty (the slices of the gates alone cost a
+    zero-filled ``(batch, 4H)`` tensor each backward); the element-wise part of the backward
+    is one pass (:func:`unrolled.kernels.lstm_backward`) on the CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, inp: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_ih: Tensor, bias: Tensor):
+        H = c.shape[1]
+        gates = h @ w_hh.T
+        s = gates.addmm_(inp, w_ih.T).add_(bias).sigmoid_()
+        i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
+        c_new = torch.addcmul(f * c, i, s[:, 2 * H:3 * H] * 2 - 1)
+        tau = torch.sigmoid(c_new * 2) * 2 - 1  # tanh(c_new)
+        ctx.save_for_backward(inp, h, c, w_hh, w_ih, s, tau)
+        return o * tau, c_new
+
+    @staticmethod
+    def backward(ctx, dh: Tensor, dc: Tensor):
+        inp, h, c, w_hh, w_ih, s, tau = ctx.saved_tensors
+        if kernels.usable(s) and all(t.dtype == s.dtype for t in (c, tau, dh, dc)):
+            dgates, dc_prev = kernels.lstm_backward(s, c, tau, dh, dc)
+        else:
+            i, f, g2, o = s.chunk(4, dim=1)
+            dct = dc + dh * o * (1 - tau * tau)
+            dgates = torch.cat([dct * (g2 * 2 - 1) * i * (1 - i), dct * c * f * (1 - f),
+                                dct * i * 2 * g2 * (1 - g2), dh * tau * o * (1 - o)], dim=1)
+            dc_prev = dct * f
+        need = ctx.needs_input_grad
+        return (dgates @ w_ih if need[0] else None, dgates @ w_hh if need[1] else None,
+                dc_prev if need[2] else None, dgates.T @ h if need[3] else None,
+                dgates.T @ inp if need[4] else None, dgates.sum(0) if need[5] else None)
