@@ -190,17 +190,26 @@ def test_shrink_gradient_matches_finite_differences(theta_shape, keep):
     assert torch.equal(out, ref)
 
 
-@pytest.mark.parametrize("gamma", [0.3, (), (7, 1), (41,)])
-def test_gradient_step_backward_matches_finite_differences(gamma):
+@pytest.mark.parametrize("gamma", [0.3, (), (7, 1), (41,), (7, 41)])
+@pytest.mark.parametrize("with_base", [False, True])
+def test_gradient_step_backward_matches_finite_differences(gamma, with_base):
     # The hand-written backward of the training-mode gradient step, for every input.
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(7, 41, generator=g, dtype=D), torch.randn(7, 23, generator=g, dtype=D)
     A, W = torch.randn(23, 41, generator=g, dtype=D), torch.randn(23, 41, generator=g, dtype=D)
-    inputs = [v.requires_grad_() for v in (x, y, A, W)]
+    base = torch.randn(7, 41, generator=g, dtype=D)
+    inputs = [v.requires_grad_() for v in (x, y, A, W, base)]
     if not isinstance(gamma, float):
         gamma = (0.2 + torch.rand(gamma, generator=g, dtype=D)).requires_grad_()
         inputs.append(gamma)
-    assert torch.autograd.gradcheck(lambda *v: F.gradient_step(*v[:4], v[4] if len(v) > 4 else gamma), inputs)
+
+    def step(x, y, A, W, base, *rest):
+        return F.gradient_step(x, y, A, W, rest[0] if rest else gamma, base if with_base else None)
+
+    assert torch.autograd.gradcheck(step, inputs)
+    with torch.no_grad():  # and the formula, with the base in front
+        z = x + (y - x @ A.T) @ W * gamma
+        torch.testing.assert_close(step(*inputs), z + base - x if with_base else z, rtol=1e-12, atol=1e-12)
 
 
 def test_training_and_inference_steps_give_the_same_bits():

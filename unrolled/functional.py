@@ -238,67 +238,77 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
     return z - clipped * inside
 
 
-def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float) -> Tensor:
+def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float,
+                  base: Tensor | None = None) -> Tensor:
     """``x + gamma W^T (y - A x)`` in row form: ``x + gamma (y - x A^T) W``.
 
-    Without autograd the intermediate buffers are reused; with it one autograd node
-    (:class:`_GradientStep`) replaces five. Both run the same forward operations.
+    ``base`` replaces the leading ``x`` (AGLISTA steps from ``x`` along the residual of a
+    gated ``g * x``). Without autograd the intermediate buffers are reused; with it one
+    autograd node (:class:`_GradientStep`) replaces five. Both run the same forward operations.
     """
     if torch.is_grad_enabled():
-        return _GradientStep.apply(x, y, A, W, gamma)
-    z, _, _ = _gradient_step(x, y, A, W, gamma, save=False)
+        return _GradientStep.apply(x, y, A, W, gamma, base)
+    z, _, _ = _gradient_step(x, y, A, W, gamma, base, save=False)
     return z
 
 
-def _gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float,
+def _gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, base: Tensor | None,
                    save: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``(z, r, d)``: the step, the residual ``y - x A^T`` and the direction ``r W``.
 
     With ``save = False`` (no backward pass to feed) ``r`` and ``d`` come back as None and
     ``z`` may reuse ``d``'s buffer."""
+    base = x if base is None else base
     r = x @ A.T
     r = torch.sub(y, r, out=r) if _fits(r, y) else y - r
     d = r @ W
-    out = d if not save and _fits(d, gamma) and _fits(d, x) else None  # reuse d's buffer for z
-    if isinstance(gamma, Tensor):  # x + gamma d in one (fused multiply-add) pass
-        z = torch.addcmul(x, d, gamma) if out is None else torch.addcmul(x, d, gamma, out=out)
+    out = d if not save and _fits(d, gamma) and _fits(d, base) else None  # reuse d's buffer for z
+    if isinstance(gamma, Tensor):  # base + gamma d in one (fused multiply-add) pass
+        z = torch.addcmul(base, d, gamma) if out is None else torch.addcmul(base, d, gamma, out=out)
     else:
-        z = torch.add(x, d, alpha=gamma) if out is None else torch.add(x, d, alpha=gamma, out=out)
+        z = torch.add(base, d, alpha=gamma) if out is None else torch.add(base, d, alpha=gamma, out=out)
     return (z, r, d) if save else (z, None, None)
 
 
 class _GradientStep(torch.autograd.Function):
     """:func:`gradient_step` with a hand-written backward (one node per layer in training).
 
-    With ``g`` the gradient of ``z`` and ``g_r = gamma g W^T``: ``dx = g - g_r A``,
-    ``dy = g_r``, ``dgamma = sum(g * d)``, ``dW = r^T (gamma g)``, ``dA = -g_r^T x``.
+    With ``g`` the gradient of ``z`` and ``g_r = gamma g W^T``: ``dx = g - g_r A`` (``-g_r A``
+    and ``dbase = g`` with a separate ``base``), ``dy = g_r``, ``dgamma = sum(g * d)``,
+    ``dW = r^T (gamma g)``, ``dA = -g_r^T x``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float) -> Tensor:
-        z, r, d = _gradient_step(x, y, A, W, gamma, save=True)
+    def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float,
+                base: Tensor | None = None) -> Tensor:
+        z, r, d = _gradient_step(x, y, A, W, gamma, base, save=True)
         ctx.gamma_shape = gamma.shape if isinstance(gamma, Tensor) else None
         ctx.save_for_backward(x, A, W, r, d, gamma if isinstance(gamma, Tensor) else None)
         ctx.gamma = gamma if not isinstance(gamma, Tensor) else None
+        ctx.own_base = base is not None
         return z
 
     @staticmethod
     def backward(ctx, g: Tensor):
         x, A, W, r, d, gamma_t = ctx.saved_tensors
         gamma = ctx.gamma if gamma_t is None else gamma_t
-        need_x, need_y, need_A, need_W, need_gamma = ctx.needs_input_grad
+        need_x, need_y, need_A, need_W, need_gamma, need_base = ctx.needs_input_grad
         dx = dy = dA = dW = dgamma = None
         if need_x or need_y or need_A:
             per_entry = isinstance(gamma, Tensor) and gamma.dim() > 0 and gamma.shape[-1] != 1
-            g_r = (g * gamma) @ W.T if per_entry else (g @ W.T) * gamma  # scale the smaller one
-            dx = torch.addmm(g, g_r, A, alpha=-1) if need_x else None
-            dy = g_r if need_y else None
-            dA = -(g_r.T @ x) if need_A else None
+            scale = -gamma if ctx.own_base else gamma  # with a base: -g_r, so that dx is one product
+            g_r = (g * scale) @ W.T if per_entry else (g @ W.T) * scale  # scale the smaller one
+            if ctx.own_base:
+                dx, dy, dA = g_r @ A if need_x else None, -g_r if need_y else None, g_r.T @ x if need_A else None
+            else:
+                dx = torch.addmm(g, g_r, A, alpha=-1) if need_x else None
+                dy = g_r if need_y else None
+                dA = -(g_r.T @ x) if need_A else None
         if need_W:
             dW = r.T @ (g * gamma)
         if need_gamma:
             dgamma = _sum_product(g, d, ctx.gamma_shape)
-        return dx, dy, dA, dW, dgamma
+        return dx, dy, dA, dW, dgamma, (g if need_base else None)
 
 
 def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, theta: Tensor | float,
@@ -396,7 +406,7 @@ def overshoot(x_new: Tensor, x: Tensor, a: Tensor, eps: float = 0.01) -> Tensor:
     """
     if not torch.is_grad_enabled():
         if kernels.usable_scalars(x_new, x, scalars=(a,)):
-            return kernels.overshoot_forward(x_new, x, a, eps)[0]
+            return kernels.overshoot_forward(x_new, x, a, eps)
         d = x_new - x
         q = d.div_(d.abs().add_(eps))
         return torch.addcmul(x_new, a, q, out=q) if _fits(q, x_new) else torch.addcmul(x_new, a, q)
@@ -410,10 +420,9 @@ class _Overshoot(torch.autograd.Function):
     def forward(ctx, x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> Tensor:
         ctx.eps = eps
         ctx.kernel = kernels.usable_scalars(x_new, x, scalars=(a,))
-        if ctx.kernel:  # one pass; q is recomputed from x_new, x and den backward
-            out, den = kernels.overshoot_forward(x_new, x, a, eps)
-            ctx.save_for_backward(x_new, x, den, a)
-            return out
+        if ctx.kernel:  # one pass; q is recomputed from x_new and x backward
+            ctx.save_for_backward(x_new, x, a)
+            return kernels.overshoot_forward(x_new, x, a, eps)
         d = x_new - x
         den = d.abs().add_(eps)
         q = d.div_(den)

@@ -183,48 +183,48 @@ def gain_backward(g: Tensor, x: Tensor, e: Tensor, c: Tensor, v: Tensor) -> tupl
 
 
 @numba.njit(**_FMA)
-def _overshoot_forward(x_new, x, a, eps, out, den):
+def _overshoot_forward(x_new, x, a, eps, out):
     B, n = x.shape
     for b in range(B):
         for j in range(n):
             d = x_new[b, j] - x[b, j]
-            dn = abs(d) + eps
-            den[b, j] = dn
-            out[b, j] = x_new[b, j] + a * (d / dn)
+            out[b, j] = x_new[b, j] + a * (d / (abs(d) + eps))
 
 
 @numba.njit(**_SUM)
-def _overshoot_backward(g, x_new, x, den, a, eps, g_new, g_x):
-    """``s = g a eps / den^2``; ``g_new = g + s``, ``g_x = -s``; returns ``sum g q`` in float64."""
+def _overshoot_backward(g, x_new, x, a, eps, one, g_new, g_x):
+    """``s = g a eps / den^2``; ``g_new = g + s``, ``g_x = -s``; returns ``sum g q`` in float64.
+
+    ``den = |d| + eps`` is recomputed (cheaper than reading it back) and divided once."""
     B, n = g.shape
     ga = 0.0
     ae = a * eps
     for b in range(B):
         for j in range(n):
-            gj, dn = g[b, j], den[b, j]
-            s = gj * ae / dn / dn
+            gj = g[b, j]
+            d = x_new[b, j] - x[b, j]
+            inv = one / (abs(d) + eps)
+            s = gj * ae * inv * inv
             g_new[b, j] = gj + s
             g_x[b, j] = -s
-            ga += gj * ((x_new[b, j] - x[b, j]) / dn)
+            ga += gj * (d * inv)
     return ga
 
 
-def overshoot_forward(x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """``(x_new + a q, |d| + eps)`` with ``d = x_new - x``, ``q = d / (|d| + eps)`` (``a`` scalar)."""
-    out, den = torch.empty_like(x), torch.empty_like(x)
+def overshoot_forward(x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> Tensor:
+    """``x_new + a q`` with ``d = x_new - x``, ``q = d / (|d| + eps)`` (``a`` scalar)."""
+    out = torch.empty_like(x)
     t = _scalar_type(x)
-    _overshoot_forward(x_new.detach().numpy(), x.detach().numpy(), t(a.item()), t(eps), out.numpy(), den.numpy())
-    return out, den
+    _overshoot_forward(x_new.detach().numpy(), x.detach().numpy(), t(a.item()), t(eps), out.numpy())
+    return out
 
 
-def overshoot_backward(g: Tensor, x_new: Tensor, x: Tensor, den: Tensor, a: Tensor,
-                       eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def overshoot_backward(g: Tensor, x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x_new, grad_x, grad_a)`` of :func:`overshoot_forward`."""
     g = g.contiguous()
     g_new, g_x = torch.empty_like(g), torch.empty_like(g)
     t = _scalar_type(g)
-    ga = _overshoot_backward(g.numpy(), x_new.numpy(), x.numpy(), den.numpy(), t(a.item()), t(eps),
-                             g_new.numpy(), g_x.numpy())
+    ga = _overshoot_backward(g.numpy(), x_new.numpy(), x.numpy(), t(a.item()), t(eps), t(1), g_new.numpy(), g_x.numpy())
     return g_new, g_x, torch.tensor(ga, dtype=a.dtype)
 
 
@@ -263,3 +263,23 @@ def lstm_backward(s: Tensor, c_prev: Tensor, tau: Tensor, dh: Tensor, dc: Tensor
     _lstm_backward(s.numpy(), c_prev.contiguous().numpy(), tau.numpy(), dh.contiguous().numpy(),
                    dc.contiguous().numpy(), t(1), t(2), dgates.numpy(), dc_prev.numpy())
     return dgates, dc_prev
+
+
+# --- row l1 norms (NA-ALISTA's features) -------------------------------------------------------------------
+
+@numba.njit(**_JIT)
+def _scaled_sign(v, w, one, zero, out):
+    B, n = v.shape
+    for b in range(B):
+        wb = w[b]
+        for j in range(n):
+            vj = v[b, j]
+            out[b, j] = wb * (one if vj > 0 else (-one if vj < 0 else vj * zero))  # sign(nan) = nan
+
+
+def scaled_sign(v: Tensor, w: Tensor) -> Tensor:
+    """``w sign(v)`` for ``v: (batch, n)`` and a per-sample ``w: (batch,)``: the gradient of ``|v|.sum(-1)``."""
+    out = torch.empty_like(v)
+    t = _scalar_type(v)
+    _scaled_sign(v.numpy(), w.contiguous().numpy(), t(1), t(0), out.numpy())
+    return out

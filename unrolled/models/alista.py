@@ -107,5 +107,5 @@ class AGLISTA(AnalyticNet):
         p = self.layers[t - 1]
         theta_prev = self.theta_init if t == 1 else self.layers[t - 2].theta
         gx = F.gain_gate(x, theta_prev * p.nu, p.v)  # g * x
-        z = torch.addcmul(x, p.gamma, torch.addmm(y, gx, self.A.T, alpha=-1) @ self.W)
+        z = F.gradient_step(gx, y, self.A, self.W, p.gamma, base=x)  # x + gamma W^T (y - A (g * x))
         return F.overshoot(self.shrink(t, z, p.theta), x, p.a)  # o * x~ + (1 - o) * x

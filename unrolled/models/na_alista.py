@@ -108,7 +108,7 @@ class NA_ALISTA(AnalyticNet):
     def features(self, r: Tensor, d: Tensor) -> Tensor:
         """``[||r||_1, ||d||_1]`` (or one of them) per sample, ``(batch, n_in)``."""
         which = {"both": (r, d), "r": (r,), "u": (d,)}[self.config.inputs]
-        return torch.stack([v.abs().sum(-1) for v in which], dim=1)  # l1 norms (vector_norm is 6x slower here)
+        return _RowNorms.apply(*which)
 
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         b = y.shape[0]
@@ -183,6 +183,28 @@ class _LstmCell(torch.autograd.Function):
                                 dct * i * 2 * g2 * (1 - g2), dh * tau * o * (1 - o)], dim=1)
             dc_prev = dct * f
         need = ctx.needs_input_grad
-        return (dgates @ w_ih if need[0] else None, dgates @ w_hh if need[1] else None,
+        # The products with the few input columns are taken with those columns as rows: a
+        # (batch x 4H) @ (4H x 2) product took 4x, and its transposed form 7x, as long here.
+        return ((w_ih.T.contiguous() @ dgates.T).T if need[0] else None, dgates @ w_hh if need[1] else None,
                 dc_prev if need[2] else None, dgates.T @ h if need[3] else None,
-                dgates.T @ inp if need[4] else None, dgates.sum(0) if need[5] else None)
+                (inp.T @ dgates).T if need[4] else None, dgates.sum(0) if need[5] else None)
+
+
+class _RowNorms(torch.autograd.Function):
+    """``[||v_1||_1, ||v_2||_1, ...]`` per sample, ``(batch, count)``, from 2-D ``v_j``.
+
+    ``abs().sum(-1)`` (``vector_norm`` is six times slower here); the backward ``g_j sign(v_j)``
+    is one pass per input on the CPU (:func:`unrolled.kernels.scaled_sign`), where autograd
+    took four.
+    """
+
+    @staticmethod
+    def forward(ctx, *vs: Tensor) -> Tensor:
+        ctx.save_for_backward(*vs)
+        return torch.stack([v.abs().sum(-1) for v in vs], dim=1)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return tuple((kernels.scaled_sign(v, g[:, j]) if kernels.usable(v) and v.dtype == g.dtype
+                      else torch.sign(v).mul_(g[:, j:j + 1])) if ctx.needs_input_grad[j] else None
+                     for j, v in enumerate(ctx.saved_tensors))
