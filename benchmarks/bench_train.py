@@ -92,7 +92,7 @@ def main() -> None:
     rows = []
     for name in a.models.split(","):
         model = build(name, problem, {"K": K}).to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer (unrolled/train/trainer.py)
 
         def steps(model=model, opt=opt):
             for _ in range(a.steps):

@@ -172,6 +172,9 @@ def test_kth_largest_matches_topk(dtype):
     for k in (1, 2, 6, 20, 41):
         expected = a.topk(k, dim=-1).values[:, -1:]
         assert torch.equal(F.kth_largest(a, k), expected)
+        scratch = a.clone()
+        assert torch.equal(F.kth_largest(scratch, k, overwrite=True), expected)  # reorders scratch's rows
+        assert torch.equal(scratch.sort(-1).values, a.sort(-1).values)
 
 
 @pytest.mark.parametrize("theta_shape", [(), (41,), (7, 1), (7, 41)])

@@ -88,12 +88,11 @@ class _Shrink(torch.autograd.Function):
     On the CPU both directions run as one fused kernel each (:mod:`unrolled.kernels`), which
     keeps the entries' states as ``int8`` codes. Otherwise: comparisons write float 0/1
     factors directly (boolean tensors and their conversion are several times slower on the
-    CPU); ``a = |z|`` may be given (the selection computed it) and is overwritten.
+    CPU).
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, theta: Tensor, cut: Tensor | None, with_theta: bool = False,
-                a: Tensor | None = None) -> Tensor:
+    def forward(ctx, z: Tensor, theta: Tensor, cut: Tensor | None, with_theta: bool = False) -> Tensor:
         ctx.theta_shape = theta.shape
         ctx.kernel = kernels.usable(z, theta)
         if ctx.kernel:
@@ -101,7 +100,7 @@ class _Shrink(torch.autograd.Function):
             ctx.save_for_backward(code)
             return out
         hi = cut if cut is None or not with_theta else torch.maximum(cut, theta)
-        a = z.abs() if a is None else a
+        a = z.abs()
         lo = theta if hi is None or with_theta else torch.minimum(hi, theta)  # min(hi, theta)
         passing = torch.gt(a, lo, out=torch.empty_like(z))
         clipped = _clamp(z, theta)
@@ -118,11 +117,11 @@ class _Shrink(torch.autograd.Function):
         need_z, need_theta = ctx.needs_input_grad[:2]
         if ctx.kernel:
             grad_z, grad_theta = kernels.shrink_backward(grad, *ctx.saved_tensors, ctx.theta_shape, need_theta)
-            return (grad_z if need_z else None), grad_theta, None, None, None
+            return (grad_z if need_z else None), grad_theta, None, None
         passing, signs = ctx.saved_tensors
         grad_z = grad * passing
         grad_theta = _sum_product(grad_z, signs, ctx.theta_shape).neg_() if need_theta else None
-        return (grad_z if need_z else None), grad_theta, None, None, None
+        return (grad_z if need_z else None), grad_theta, None, None
 
 
 def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
@@ -154,49 +153,57 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}  # row-parallel selection, one pool p
 PARALLEL_ROWS = 4096  # selection on fewer rows runs in one call
 
 
-def _partition_column(a, index: int):
+def _partition_column(a, index: int, overwrite: bool = False):
     """Column ``index`` of ``np.partition(a, index, axis=-1)`` (2-D ``a``), shape ``(rows, 1)``.
 
-    Large inputs are split by rows over ``torch.get_num_threads()`` threads (NumPy releases
-    the GIL while it partitions); every row's result is the same as in one call.
+    ``overwrite`` partitions ``a`` itself instead of a copy. Large inputs are split by rows
+    over ``torch.get_num_threads()`` threads (NumPy releases the GIL while it partitions);
+    every row's result is the same as in one call.
     """
+
+    def column(b):
+        if overwrite:
+            b.partition(index, axis=-1)
+        else:
+            b = np.partition(b, index, axis=-1)
+        return b[:, index:index + 1]
+
     rows, threads = a.shape[0], torch.get_num_threads()
     if threads < 2 or rows < PARALLEL_ROWS:
-        return np.partition(a, index, axis=-1)[:, index:index + 1]
+        return column(a)
     if threads not in _POOLS:
         _POOLS[threads] = ThreadPoolExecutor(threads)
-    pool = _POOLS[threads]
     bounds = np.linspace(0, rows, threads + 1).astype(int)
-    parts = pool.map(lambda lo, hi: np.partition(a[lo:hi], index, axis=-1)[:, index:index + 1],
-                     bounds[:-1], bounds[1:])
-    return np.concatenate(list(parts))
+    return np.concatenate(list(_POOLS[threads].map(lambda lo, hi: column(a[lo:hi]), bounds[:-1], bounds[1:])))
 
 
-def kth_largest(a: Tensor, k: int) -> Tensor:
+def kth_largest(a: Tensor, k: int, overwrite: bool = False) -> Tensor:
     """The ``k``-th largest value of each row, shape ``(..., 1)``, without gradient.
 
     On the CPU, NumPy's introselect (``np.partition``, linear time) is about 7x faster than
     ``torch.topk`` for 10,000 x 500 and k = 61 (benchmarks/bench_forward.py); elsewhere topk.
+    ``overwrite`` lets it reorder each row of a contiguous ``a`` in place (saves a copy).
     """
     n = a.shape[-1]
     if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64) and not a.requires_grad:
-        col = _partition_column(a.reshape(-1, n).numpy(), n - k)
+        col = _partition_column(a.reshape(-1, n).numpy(), n - k, overwrite and a.is_contiguous())
         return torch.from_numpy(np.ascontiguousarray(col)).reshape(*a.shape[:-1], 1)
     return a.topk(k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
 
 
-def selection_cut(a: Tensor, keep: int, theta: Tensor | float | None = None) -> Tensor:
+def selection_cut(a: Tensor, keep: int, theta: Tensor | float | None = None, overwrite: bool = False) -> Tensor:
     """The per-sample level above which ``|z|`` bypasses the shrinkage, from ``a = |z|`` (no gradient).
 
     Entries strictly above the ``(keep + 1)``-th largest ``|z|`` (the percentile or ``p_k``-th
     value), and with ``theta`` (percentage form) also above ``theta``. ``keep >= n`` lets
-    every entry through (every entry above ``theta`` with it).
+    every entry through (every entry above ``theta`` with it). ``overwrite``: ``a`` may be
+    reordered (see :func:`kth_largest`).
     """
     with torch.no_grad():
         if keep >= a.shape[-1]:
             cut = a.new_full((*a.shape[:-1], 1), -1.0)
         else:
-            cut = kth_largest(a, keep + 1)
+            cut = kth_largest(a, keep + 1, overwrite)
         if theta is None:
             return cut
         return torch.maximum(cut, theta) if isinstance(theta, Tensor) else cut.clamp_(min=theta)
@@ -224,12 +231,13 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
     """
     if keep <= 0:
         return soft_threshold(z, theta)
-    train = torch.is_grad_enabled() and isinstance(theta, Tensor)
+    if torch.is_grad_enabled() and isinstance(theta, Tensor):  # _Shrink raises the cut to theta itself
+        with torch.no_grad():
+            cut = selection_cut(z.abs(), keep, overwrite=True)
+        return _Shrink.apply(z, theta, cut, with_theta)
     with torch.no_grad():
         a = z.abs()
-        cut = selection_cut(a, keep, None if train or not with_theta else theta)
-    if train:
-        return _Shrink.apply(z, theta, cut, with_theta, a)  # it raises the cut to theta itself
+        cut = selection_cut(a, keep, theta if with_theta else None)
     with torch.no_grad():
         inside = torch.le(a, cut, out=a)
     clipped = _clamp(z, theta)

