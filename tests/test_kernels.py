@@ -107,3 +107,13 @@ def test_usable_refuses_what_the_kernels_do_not_take():
     assert not kernels.usable_scalars(z, z[:, :5].contiguous(), scalars=(torch.tensor(0.1),))
     with kernels_off():
         assert not kernels.usable(z)
+
+
+def test_kernels_take_gradients_of_any_layout():
+    # Autograd may hand a backward a non-contiguous gradient; the kernels copy it, not lose it.
+    z, grad = batch(torch.float64, seed=5)
+    grad = grad.T.contiguous().T  # same values, column-major
+    assert not grad.is_contiguous()
+    theta, a = torch.rand(7, 1, dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64)
+    compare(lambda z, th: F.shrink(z, th, 5, False), (z, theta), grad, exact={-1, 0})
+    compare(F.overshoot, (z, 0.5 * z, a), grad, exact=set())

@@ -58,9 +58,19 @@ def usable_scalars(*tensors: Tensor, scalars: tuple[Tensor, ...]) -> bool:
             and all(usable(t, *scalars) for t in tensors))
 
 
+def _np(t: Tensor) -> np.ndarray:
+    """``t``'s memory as an array (no copy for a contiguous ``t``)."""
+    return t.detach().contiguous().numpy()
+
+
+def _empty(t: Tensor) -> Tensor:
+    """A new contiguous tensor of ``t``'s shape and dtype (kernels write outputs in place)."""
+    return torch.empty(t.shape, dtype=t.dtype)
+
+
 def _rows(p: Tensor) -> np.ndarray:
     """A parameter as a contiguous 2-D array: ``(1, 1)`` for a scalar, else itself."""
-    return p.detach().reshape(1, 1).numpy() if p.dim() == 0 else p.detach().contiguous().numpy()
+    return _np(p.reshape(1, 1) if p.dim() == 0 else p)
 
 
 def _scalar_type(t: Tensor):
@@ -131,24 +141,23 @@ def _shrink_backward(g, code, per_row, per_entry, zero, one, gz, gtheta):
 def shrink_forward(z: Tensor, theta: Tensor, cut: Tensor | None, with_theta: bool) -> tuple[Tensor, Tensor]:
     """``(out, code)`` of the selection shrinkage (see ``functional._Shrink``); ``cut`` is ``(batch, 1)``
     or None (no selection: every entry is shrunk)."""
-    out = torch.empty_like(z)
+    out = _empty(z)
     code = torch.empty(z.shape, dtype=torch.int8)
-    c = np.full(z.shape[0], np.inf, z.numpy().dtype) if cut is None else cut.reshape(-1).numpy()
-    _shrink_forward(z.detach().numpy(), _rows(theta), c, with_theta and cut is not None, out.numpy(), code.numpy())
+    c = np.full(z.shape[0], np.inf, _scalar_type(z)) if cut is None else _np(cut.reshape(-1))
+    _shrink_forward(_np(z), _rows(theta), c, with_theta and cut is not None, _np(out), _np(code))
     return out, code
 
 
 def shrink_backward(g: Tensor, code: Tensor, theta_shape: torch.Size,
                     need_theta: bool) -> tuple[Tensor, Tensor | None]:
     """``(grad_z, grad_theta)`` for :func:`shrink_forward` from the output gradient ``g``."""
-    g = g.contiguous()
-    gz = torch.empty_like(g)
+    gz = _empty(g)
     per_entry = len(theta_shape) == 2 and theta_shape[1] > 1
     per_row = len(theta_shape) == 2 and theta_shape[0] > 1
     rows = g.shape[0] if per_row else 1
-    gt = np.zeros((rows, g.shape[1] if per_entry else 1), np.float64 if not per_entry else g.numpy().dtype)
+    gt = np.zeros((rows, g.shape[1] if per_entry else 1), np.float64 if not per_entry else _scalar_type(g))
     t = _scalar_type(g)
-    _shrink_backward(g.numpy(), code.numpy(), per_row, per_entry, t(0), t(1), gz.numpy(), gt)
+    _shrink_backward(_np(g), _np(code), per_row, per_entry, t(0), t(1), _np(gz), gt)
     return gz, (_reduce(gt, theta_shape, g.dtype) if need_theta else None)
 
 
@@ -175,10 +184,9 @@ def _gain_backward(g, x, e, c, v, one, gx):
 
 def gain_backward(g: Tensor, x: Tensor, e: Tensor, c: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_c, grad_v)`` of AGLISTA's gain gate ``x + x c e``, ``e = exp(-v |x|)`` (scalar ``c``, ``v``)."""
-    g = g.contiguous()
-    gx = torch.empty_like(g)
+    gx = _empty(g)
     t = _scalar_type(g)
-    gc, gv = _gain_backward(g.numpy(), x.numpy(), e.numpy(), t(c.item()), t(v.item()), t(1), gx.numpy())
+    gc, gv = _gain_backward(_np(g), _np(x), _np(e), t(c.item()), t(v.item()), t(1), _np(gx))
     return gx, torch.tensor(gc, dtype=c.dtype), torch.tensor(gv, dtype=v.dtype)
 
 
@@ -213,18 +221,17 @@ def _overshoot_backward(g, x_new, x, a, eps, one, g_new, g_x):
 
 def overshoot_forward(x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> Tensor:
     """``x_new + a q`` with ``d = x_new - x``, ``q = d / (|d| + eps)`` (``a`` scalar)."""
-    out = torch.empty_like(x)
+    out = _empty(x)
     t = _scalar_type(x)
-    _overshoot_forward(x_new.detach().numpy(), x.detach().numpy(), t(a.item()), t(eps), out.numpy())
+    _overshoot_forward(_np(x_new), _np(x), t(a.item()), t(eps), _np(out))
     return out
 
 
 def overshoot_backward(g: Tensor, x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x_new, grad_x, grad_a)`` of :func:`overshoot_forward`."""
-    g = g.contiguous()
-    g_new, g_x = torch.empty_like(g), torch.empty_like(g)
+    g_new, g_x = _empty(g), _empty(g)
     t = _scalar_type(g)
-    ga = _overshoot_backward(g.numpy(), x_new.numpy(), x.numpy(), t(a.item()), t(eps), t(1), g_new.numpy(), g_x.numpy())
+    ga = _overshoot_backward(_np(g), _np(x_new), _np(x), t(a.item()), t(eps), t(1), _np(g_new), _np(g_x))
     return g_new, g_x, torch.tensor(ga, dtype=a.dtype)
 
 
@@ -258,10 +265,9 @@ def lstm_backward(s: Tensor, c_prev: Tensor, tau: Tensor, dh: Tensor, dc: Tensor
 
     ``s = sigmoid(gates)`` ``(batch, 4H)`` in the order i, f, g, o; ``tau = tanh(c)`` of the
     new cell state; ``dh``, ``dc`` the gradients of the new ``h`` and ``c``."""
-    dgates, dc_prev = torch.empty_like(s), torch.empty_like(c_prev, memory_format=torch.contiguous_format)
+    dgates, dc_prev = _empty(s), _empty(c_prev)
     t = _scalar_type(s)
-    _lstm_backward(s.numpy(), c_prev.contiguous().numpy(), tau.numpy(), dh.contiguous().numpy(),
-                   dc.contiguous().numpy(), t(1), t(2), dgates.numpy(), dc_prev.numpy())
+    _lstm_backward(_np(s), _np(c_prev), _np(tau), _np(dh), _np(dc), t(1), t(2), _np(dgates), _np(dc_prev))
     return dgates, dc_prev
 
 
@@ -279,7 +285,7 @@ def _scaled_sign(v, w, one, zero, out):
 
 def scaled_sign(v: Tensor, w: Tensor) -> Tensor:
     """``w sign(v)`` for ``v: (batch, n)`` and a per-sample ``w: (batch,)``: the gradient of ``|v|.sum(-1)``."""
-    out = torch.empty_like(v)
+    out = _empty(v)
     t = _scalar_type(v)
-    _scaled_sign(v.numpy(), w.contiguous().numpy(), t(1), t(0), out.numpy())
+    _scaled_sign(_np(v), _np(w), t(1), t(0), _np(out))
     return out
