@@ -117,3 +117,18 @@ def test_kernels_take_gradients_of_any_layout():
     theta, a = torch.rand(7, 1, dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64)
     compare(lambda z, th: F.shrink(z, th, 5, False), (z, theta), grad, exact={-1, 0})
     compare(F.overshoot, (z, 0.5 * z, a), grad, exact=set())
+
+
+def test_na_alista_row_norms_gradient_with_and_without_kernels():
+    from unrolled.models.na_alista import _RowNorms
+
+    g = torch.Generator().manual_seed(6)
+    r, d = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 11, generator=g, dtype=torch.float64)
+    for enabled in (True, False):
+        kernels.ENABLED = enabled
+        try:
+            inputs = (r.clone().requires_grad_(), d.clone().requires_grad_())
+            assert torch.autograd.gradcheck(_RowNorms.apply, inputs)
+            torch.testing.assert_close(_RowNorms.apply(*inputs), torch.stack([r.abs().sum(-1), d.abs().sum(-1)], 1))
+        finally:
+            kernels.ENABLED = True
