@@ -24,9 +24,14 @@ off (for A/B measurements and equivalence tests).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
 from torch import Tensor
 
 ENABLED = True
@@ -161,78 +166,162 @@ def shrink_backward(g: Tensor, code: Tensor, theta_shape: torch.Size,
     return gz, (_reduce(gt, theta_shape, g.dtype) if need_theta else None)
 
 
-# --- AGLISTA's gates ------------------------------------------------------------------------------------
+# --- AGLISTA's layer ----------------------------------------------------------------------------------
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bit pattern is ``bits`` (an LLVM bitcast: free, and it vectorises)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+    return types.float32(types.int64), codegen
+
+
+_F = np.float32
+_LOG2E, _LN2_HI, _LN2_LO = _F(1.44269504088896341), _F(0.693359375), _F(-2.12194440e-4)
+_P0, _P1, _P2, _P3, _P4, _P5 = (_F(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                                4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_ROUND, _LO, _HI, _ONE, _BIAS = _F(12582912.0), _F(-87.3), _F(88.3), _F(1.0), _F(127.0)
+
+
+def _exp(u):
+    """``exp(u)`` inside kernels (see the overload below)."""
+    return math.exp(u)
+
+
+@overload(_exp, jit_options=dict(error_model="numpy", fastmath={"contract"}))
+def _exp_typed(u):
+    """float32: ``2^k p(r)`` with ``u = k ln 2 + r`` (Cody-Waite), ``p`` the Cephes ``expf`` polynomial;
+    within one unit in the last place of the true value (tests/test_kernels.py) and about 10x
+    faster than the scalar ``libm`` call Numba makes, because the loop vectorises. ``u`` is clamped
+    to [-87.3, 88.3], where ``2^k`` is a normal float (below, the true value is under 1.3e-38).
+    float64 (the exactness tests): ``libm``."""
+    if u != types.float32:
+        return lambda u: math.exp(u)
+
+    def exp32(u):
+        u = min(max(u, _LO), _HI)
+        k = (u * _LOG2E + _ROUND) - _ROUND  # round to nearest, no conversion to an integer
+        r = (u - k * _LN2_HI) - k * _LN2_LO
+        p = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        p = p * (r * r) + r + _ONE
+        return p * _float32_from_bits(np.int32(k + _BIAS) << 23)
+
+    return exp32
+
+
+@numba.njit(**_FMA)
+def _exp_neg_abs(x, v, out):
+    """``out = exp(-v |x|)`` for one row (no reassociation: it would undo the rounding in ``_exp``)."""
+    for j in range(x.shape[0]):
+        out[j] = _exp(abs(x[j]) * -v)
+
+
+@numba.njit(**_JIT)
+def _gate_forward(x, c, v, gx):
+    B, n = x.shape
+    e = np.empty(n, x.dtype)
+    for b in range(B):
+        _exp_neg_abs(x[b], v, e)
+        for j in range(n):
+            xj = x[b, j]
+            gx[b, j] = xj + xj * (e[j] * c)
+
+
+@numba.njit(**_FMA)
+def _shrink_overshoot_forward(z, x, th, cut, with_theta, a, eps, out, code):
+    B, n = z.shape
+    for b in range(B):
+        hi = max(cut[b], th) if with_theta else cut[b]
+        lo = min(hi, th)
+        for j in range(n):
+            s, code[b, j] = _shrink_entry(z[b, j], th, hi, lo)
+            d = s - x[b, j]
+            out[b, j] = s + a * (d / (abs(d) + eps))
+
 
 @numba.njit(**_SUM)
-def _gain_backward(g, x, e, c, v, one, gx):
-    """``gx = g + g (1 - v |x|) ce``; returns ``(sum g x e, -sum g x |x| ce)`` in float64."""
+def _shrink_overshoot_backward(g, z, x, code, th, a, eps, zero, one, gz, gsum):
+    """``gz``: the gradient of the shrinkage's input; ``gsum = gz - s``, the overshoot's part of ``x``'s
+    gradient added. Returns ``(sum g q, sum of theta's gradient)`` in float64."""
     B, n = g.shape
+    ga = 0.0
+    gth = 0.0
+    ae = a * eps
+    for b in range(B):
+        for j in range(n):
+            zj, c = z[b, j], code[b, j]
+            s = zj if c == BYPASS else zj - min(max(zj, -th), th)  # the shrinkage's output again
+            d = s - x[b, j]
+            inv = one / (abs(d) + eps)
+            gj = g[b, j]
+            o = gj * ae * inv * inv  # g a dq/dd
+            ga += gj * (d * inv)
+            gzj = (gj + o) * (one if c != ZERO else zero)
+            gth -= gzj * (one if c == 1 else (-one if c == -1 else zero))
+            gz[b, j] = gzj
+            gsum[b, j] = gzj - o
+    return ga, gth
+
+
+@numba.njit(**_SUM)
+def _gate_backward(gg, x, c, v, one, gsum, gx):
+    """``gx = gsum + gg (1 + (1 - v |x|) c e)``; returns ``(sum gg x e, -sum gg x |x| c e)`` in float64."""
+    B, n = gg.shape
+    e = np.empty(n, x.dtype)
     gc = 0.0
     gv = 0.0
     for b in range(B):
+        _exp_neg_abs(x[b], v, e)
         for j in range(n):
-            gj, xj = g[b, j], x[b, j]
-            ej = e[b, j]
-            ce = ej * c
+            gj, xj, ej = gg[b, j], x[b, j], e[j]
             a = abs(xj)
-            gx[b, j] = gj + gj * ((a * -v + one) * ce)
+            ce = ej * c
+            gx[b, j] = gsum[b, j] + (gj + gj * ((a * -v + one) * ce))
             gxj = gj * xj
             gc += gxj * ej
             gv -= gxj * a * ce
     return gc, gv
 
 
-def gain_backward(g: Tensor, x: Tensor, e: Tensor, c: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(grad_x, grad_c, grad_v)`` of AGLISTA's gain gate ``x + x c e``, ``e = exp(-v |x|)`` (scalar ``c``, ``v``)."""
-    gx = _empty(g)
-    t = _scalar_type(g)
-    gc, gv = _gain_backward(_np(g), _np(x), _np(e), t(c.item()), t(v.item()), t(1), _np(gx))
-    return gx, torch.tensor(gc, dtype=c.dtype), torch.tensor(gv, dtype=v.dtype)
-
-
-@numba.njit(**_FMA)
-def _overshoot_forward(x_new, x, a, eps, out):
-    B, n = x.shape
-    for b in range(B):
-        for j in range(n):
-            d = x_new[b, j] - x[b, j]
-            out[b, j] = x_new[b, j] + a * (d / (abs(d) + eps))
-
-
-@numba.njit(**_SUM)
-def _overshoot_backward(g, x_new, x, a, eps, one, g_new, g_x):
-    """``s = g a eps / den^2``; ``g_new = g + s``, ``g_x = -s``; returns ``sum g q`` in float64.
-
-    ``den = |d| + eps`` is recomputed (cheaper than reading it back) and divided once."""
-    B, n = g.shape
-    ga = 0.0
-    ae = a * eps
-    for b in range(B):
-        for j in range(n):
-            gj = g[b, j]
-            d = x_new[b, j] - x[b, j]
-            inv = one / (abs(d) + eps)
-            s = gj * ae * inv * inv
-            g_new[b, j] = gj + s
-            g_x[b, j] = -s
-            ga += gj * (d * inv)
-    return ga
-
-
-def overshoot_forward(x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> Tensor:
-    """``x_new + a q`` with ``d = x_new - x``, ``q = d / (|d| + eps)`` (``a`` scalar)."""
-    out = _empty(x)
+def gate_forward(x: Tensor, c: float, v: float) -> Tensor:
+    """AGLISTA's gain gate ``x + x c e``, ``e = exp(-v |x|)`` (scalar ``c``, ``v``)."""
+    gx = _empty(x)
     t = _scalar_type(x)
-    _overshoot_forward(_np(x_new), _np(x), t(a.item()), t(eps), _np(out))
-    return out
+    _gate_forward(_np(x), t(c), t(v), _np(gx))
+    return gx
 
 
-def overshoot_backward(g: Tensor, x_new: Tensor, x: Tensor, a: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(grad_x_new, grad_x, grad_a)`` of :func:`overshoot_forward`."""
-    g_new, g_x = _empty(g), _empty(g)
+def gate_backward(gg: Tensor, x: Tensor, c: float, v: float, gsum: Tensor) -> tuple[Tensor, float, float]:
+    """``(grad_x, grad_c, grad_v)`` of :func:`gate_forward` from the gradient ``gg`` of its output,
+    with ``gsum`` (the rest of ``x``'s gradient) added to ``grad_x``."""
+    gx = _empty(x)
+    t = _scalar_type(x)
+    gc, gv = _gate_backward(_np(gg), _np(x), t(c), t(v), t(1), _np(gsum), _np(gx))
+    return gx, gc, gv
+
+
+def shrink_overshoot_forward(z: Tensor, x: Tensor, theta: float, cut: Tensor | None, with_theta: bool,
+                             a: float, eps: float) -> tuple[Tensor, Tensor]:
+    """``(out, code)``: ``s = shrink(z)`` (as :func:`shrink_forward`, scalar ``theta``) and AGLISTA's
+    overshoot ``out = s + a q``, ``q = d / (|d| + eps)``, ``d = s - x``."""
+    out = _empty(z)
+    code = torch.empty(z.shape, dtype=torch.int8)
+    t = _scalar_type(z)
+    c = np.full(z.shape[0], np.inf, t) if cut is None else _np(cut.reshape(-1))
+    _shrink_overshoot_forward(_np(z), _np(x), t(theta), c, with_theta and cut is not None, t(a), t(eps),
+                              _np(out), _np(code))
+    return out, code
+
+
+def shrink_overshoot_backward(g: Tensor, z: Tensor, x: Tensor, code: Tensor, theta: float, a: float,
+                              eps: float) -> tuple[Tensor, Tensor, float, float]:
+    """``(grad_z, grad_z - s, grad_a, grad_theta)`` of :func:`shrink_overshoot_forward`, where ``-s``
+    is the overshoot's gradient of ``x``."""
+    gz, gsum = _empty(g), _empty(g)
     t = _scalar_type(g)
-    ga = _overshoot_backward(_np(g), _np(x_new), _np(x), t(a.item()), t(eps), t(1), _np(g_new), _np(g_x))
-    return g_new, g_x, torch.tensor(ga, dtype=a.dtype)
+    ga, gth = _shrink_overshoot_backward(_np(g), _np(z), _np(x), _np(code), t(theta), t(a), t(eps), t(0), t(1),
+                                         _np(gz), _np(gsum))
+    return gz, gsum, ga, gth
 
 
 # --- NA-ALISTA's LSTM cell -------------------------------------------------------------------------------

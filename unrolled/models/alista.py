@@ -106,6 +106,5 @@ class AGLISTA(AnalyticNet):
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
         theta_prev = self.theta_init if t == 1 else self.layers[t - 2].theta
-        gx = F.gain_gate(x, theta_prev * p.nu, p.v)  # g * x
-        z = F.gradient_step(gx, y, self.A, self.W, p.gamma, base=x)  # x + gamma W^T (y - A (g * x))
-        return F.overshoot(self.shrink(t, z, p.theta), x, p.a)  # o * x~ + (1 - o) * x
+        return F.gated_step(x, y, self.A, self.W, theta_prev * p.nu, p.v, p.gamma, p.theta, p.a,
+                            self.keep[t - 1], self.with_theta)
