@@ -70,6 +70,21 @@ def test_shrink_kernel_matches_the_pytorch_form(dtype, theta_shape, keep, with_t
     compare(lambda z, th: F.shrink(z, th, keep, with_theta), (z, theta), grad, exact)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma_shape, theta_shape", [((), ()), ((7, 1), (7, 1)), ((7, 1), (7, 41))])
+def test_step_shrink_kernel_matches_the_pytorch_form(dtype, gamma_shape, theta_shape):
+    x, grad = batch(dtype, seed=7)
+    d = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=dtype)
+    gen = torch.Generator().manual_seed(9)
+    gamma = 0.5 + torch.rand(gamma_shape, generator=gen, dtype=dtype)
+    theta = 0.3 + torch.rand(theta_shape, generator=gen, dtype=dtype)
+    for keep, with_theta in ((0, True), (5, False), (5, True)):
+        # out, grad x = gz, grad d = gz gamma (and a per-entry theta's gradient) have no sums
+        exact = {-1, 0, 2, 3} if theta_shape == (7, 41) else {-1, 0, 2}
+        compare(lambda x, g, d, th, k=keep, w=with_theta: F.step_shrink(x, g, d, th, k, w),
+                (x, gamma, d, theta), grad, exact)
+
+
 def gated_inputs(dtype, seed=2, rows=7, m=13, n=41):
     g = torch.Generator().manual_seed(seed)
     x, grad = batch(dtype, rows, n, seed)
@@ -119,6 +134,10 @@ def test_kernel_gradients_match_finite_differences():
         assert kernels.usable(*inputs)
         assert torch.autograd.gradcheck(lambda z, th: F.shrink(z, th, 4, False), inputs)
     x, y, A, W, params, _ = gated_inputs(torch.float64)
+    gamma = 0.5 + torch.rand(5, 1, generator=g, dtype=torch.float64)
+    d = torch.randn(z.shape, generator=g, dtype=z.dtype)
+    inputs = (z.clone().requires_grad_(), gamma.requires_grad_(), d.requires_grad_(), theta.clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda *a: F.step_shrink(*a, 4, False), inputs)
     for keep, with_theta in ((0, True), (5, True), (5, False)):
         inputs = (x.clone().requires_grad_(), y.clone().requires_grad_(), *(p.clone().requires_grad_() for p in params))
         step = lambda x, y, *p, k=keep, w=with_theta: F.gated_step(x, y, A, W, *p, k, w)  # noqa: E731

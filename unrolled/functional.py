@@ -124,6 +124,40 @@ class _Shrink(torch.autograd.Function):
         return (grad_z if need_z else None), grad_theta, None, None
 
 
+def step_shrink(x: Tensor, gamma: Tensor, d: Tensor, theta: Tensor, keep: int = 0, with_theta: bool = True) -> Tensor:
+    """``shrink(x + gamma d, theta, keep, with_theta)``: the last half of a gradient step whose
+    direction ``d`` is computed outside (NA-ALISTA's features read it).
+
+    In training on the CPU (``gamma`` a scalar or per sample) one node (:class:`_StepShrink`)
+    whose backward is one pass (:func:`unrolled.kernels.step_shrink_backward`) where autograd
+    took five; the forward is the same operations either way.
+    """
+    if not (torch.is_grad_enabled() and kernels.usable(x, gamma, theta) and kernels.usable(d, gamma)
+            and gamma.shape[-1:] != x.shape[-1:] and d.shape == x.shape):
+        return shrink(torch.addcmul(x, gamma, d), theta, keep, with_theta)
+    return _StepShrink.apply(x, gamma, d, theta, keep, with_theta)
+
+
+class _StepShrink(torch.autograd.Function):
+    """:func:`step_shrink`: ``z = x + gamma d``, then the shrinkage of :class:`_Shrink` (kernel form)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, gamma: Tensor, d: Tensor, theta: Tensor, keep: int, with_theta: bool) -> Tensor:
+        z = torch.addcmul(x, gamma, d)
+        cut = selection_cut(z.abs(), keep, overwrite=True) if keep > 0 else None
+        out, code = kernels.shrink_forward(z, theta, cut, with_theta)
+        ctx.theta_shape = theta.shape
+        ctx.save_for_backward(code, d, gamma)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        code, d, gamma = ctx.saved_tensors
+        gz, gd, ggamma, gtheta = kernels.step_shrink_backward(g, code, d, gamma, ctx.theta_shape,
+                                                              ctx.needs_input_grad[3])
+        return gz, ggamma, gd, gtheta, None, None
+
+
 def percentage_keep(t: int, n: int, p: float = 1.2, p_max: float = 13.0) -> int:
     """Entries strictly above the (100 - q_t)-th percentile of ``n`` values, ``q_t = min(p t, p_max)``.
 

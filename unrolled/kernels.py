@@ -166,6 +166,47 @@ def shrink_backward(g: Tensor, code: Tensor, theta_shape: torch.Size,
     return gz, (_reduce(gt, theta_shape, g.dtype) if need_theta else None)
 
 
+@numba.njit(**_SUM)
+def _step_shrink_backward(g, code, d, gamma, per_row_gamma, per_row, per_entry, zero, one, gz, gd, gtheta, ggamma):
+    """:func:`_shrink_backward` for ``shrink(x + gamma d)``: also ``gd = gz gamma`` and ``ggamma`` gets
+    ``gz d`` summed to its shape (float64), in the same pass."""
+    B, n = g.shape
+    for b in range(B):
+        gb = gamma[b if per_row_gamma else 0, 0]
+        acc = 0.0
+        acc_gamma = 0.0
+        for j in range(n):
+            c = code[b, j]
+            gj = g[b, j] * (one if c != ZERO else zero)
+            gz[b, j] = gj
+            gd[b, j] = gj * gb
+            acc_gamma += gj * d[b, j]
+            s = -(gj * (one if c == 1 else (-one if c == -1 else zero)))
+            if per_entry:
+                gtheta[b, j] = s
+            else:
+                acc += s
+        if not per_entry:
+            gtheta[b if per_row else 0, 0] += acc
+        ggamma[b if per_row_gamma else 0, 0] += acc_gamma
+
+
+def step_shrink_backward(g: Tensor, code: Tensor, d: Tensor, gamma: Tensor, theta_shape: torch.Size,
+                         need_theta: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(grad_x, grad_d, grad_gamma, grad_theta)`` of ``shrink(x + gamma d, theta)`` (its codes from
+    :func:`shrink_forward`); ``gamma`` a scalar or per sample."""
+    gz, gd = _empty(g), _empty(g)
+    per_entry = len(theta_shape) == 2 and theta_shape[1] > 1
+    per_row = len(theta_shape) == 2 and theta_shape[0] > 1
+    gt = np.zeros((g.shape[0] if per_row else 1, g.shape[1] if per_entry else 1),
+                  np.float64 if not per_entry else _scalar_type(g))
+    gg = np.zeros((g.shape[0] if gamma.dim() else 1, 1), np.float64)
+    t = _scalar_type(g)
+    _step_shrink_backward(_np(g), _np(code), _np(d), _rows(gamma), gamma.dim() > 0, per_row, per_entry, t(0), t(1),
+                          _np(gz), _np(gd), gt, gg)
+    return gz, gd, _reduce(gg, gamma.shape, g.dtype), (_reduce(gt, theta_shape, g.dtype) if need_theta else None)
+
+
 # --- AGLISTA's layer ----------------------------------------------------------------------------------
 
 @intrinsic
@@ -325,6 +366,46 @@ def shrink_overshoot_backward(g: Tensor, z: Tensor, x: Tensor, code: Tensor, the
 
 
 # --- NA-ALISTA's LSTM cell -------------------------------------------------------------------------------
+
+@numba.njit(**_FMA)
+def _sigmoid_row(u, scale, one, out):
+    """``out = 1 / (1 + exp(-scale u))`` for one row."""
+    for j in range(u.shape[0]):
+        out[j] = one / (one + _exp(u[j] * -scale))
+
+
+@numba.njit(**_FMA)
+def _lstm_forward(hw, inp, w_ih_t, bias, c, one, two, s, c_new, tau, h):
+    B, H = c.shape
+    pre = np.empty(4 * H, hw.dtype)
+    for b in range(B):
+        pre[:] = hw[b]
+        for i in range(inp.shape[1]):
+            u = inp[b, i]
+            for k in range(4 * H):
+                pre[k] += u * w_ih_t[i, k]
+        for k in range(4 * H):
+            pre[k] += bias[k]
+        _sigmoid_row(pre, one, one, s[b])
+        for k in range(H):
+            c_new[b, k] = s[b, H + k] * c[b, k] + s[b, k] * (s[b, 2 * H + k] * two - one)
+        _sigmoid_row(c_new[b], two, one, tau[b])
+        for k in range(H):
+            tau[b, k] = tau[b, k] * two - one  # tanh(c_new) = 2 sigmoid(2 c_new) - 1
+            h[b, k] = s[b, 3 * H + k] * tau[b, k]
+
+
+def lstm_forward(hw: Tensor, inp: Tensor, w_ih: Tensor, bias: Tensor, c: Tensor) -> tuple[Tensor, ...]:
+    """``(h, c_new, s, tau)`` of an LSTM cell whose g rows are doubled (see ``NA_ALISTA.lstm``) from
+    ``hw = h @ W_hh^T`` ``(batch, 4H)``, the few input columns ``inp``, ``W_ih`` ``(4H, inputs)``,
+    the summed biases and the cell state ``c``: ``s = sigmoid(hw + inp W_ih^T + bias)``."""
+    B, H = c.shape
+    s, c_new, tau, h = _empty(hw), _empty(c), _empty(c), _empty(c)
+    t = _scalar_type(hw)
+    _lstm_forward(_np(hw), _np(inp), _np(w_ih.T), _np(bias), _np(c), t(1), t(2), _np(s), _np(c_new), _np(tau),
+                  _np(h))
+    return h, c_new, s, tau
+
 
 @numba.njit(**_SUM)
 def _lstm_backward(s, c_prev, tau, dh, dc, one, two, dgates, dc_prev):

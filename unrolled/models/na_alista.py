@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import functional as F
 from .. import kernels
 from ..errors import check, choice
 from .alista import AnalyticNet
@@ -149,7 +150,7 @@ class NA_ALISTA(AnalyticNet):
         r = torch.addmm(y, x, self.A.T, alpha=-1)
         d = r @ self.W
         gamma, theta = self.thresholds(t, r, d, ctx)
-        return self.shrink(t, torch.addcmul(x, gamma, d), theta)
+        return F.step_shrink(x, gamma, d, theta, self.keep[t - 1], self.with_theta)
 
 
 class _LstmCell(torch.autograd.Function):
@@ -164,12 +165,16 @@ class _LstmCell(torch.autograd.Function):
     def forward(ctx, inp: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_ih: Tensor, bias: Tensor):
         H = c.shape[1]
         gates = h @ w_hh.T
-        s = gates.addmm_(inp, w_ih.T).add_(bias).sigmoid_()
-        i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
-        c_new = torch.addcmul(f * c, i, s[:, 2 * H:3 * H] * 2 - 1)
-        tau = torch.sigmoid(c_new * 2) * 2 - 1  # tanh(c_new)
+        if kernels.usable(gates) and all(t.dtype == gates.dtype for t in (inp, w_ih, bias, c)):
+            h_new, c_new, s, tau = kernels.lstm_forward(gates, inp, w_ih, bias, c)
+        else:
+            s = gates.addmm_(inp, w_ih.T).add_(bias).sigmoid_()
+            i, f, o = s[:, :H], s[:, H:2 * H], s[:, 3 * H:]
+            c_new = torch.addcmul(f * c, i, s[:, 2 * H:3 * H] * 2 - 1)
+            tau = torch.sigmoid(c_new * 2) * 2 - 1  # tanh(c_new)
+            h_new = o * tau
         ctx.save_for_backward(inp, h, c, w_hh, w_ih, s, tau)
-        return o * tau, c_new
+        return h_new, c_new
 
     @staticmethod
     def backward(ctx, dh: Tensor, dc: Tensor):
