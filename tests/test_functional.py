@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unrolled import functional as F
+from unrolled import kernels
 
 D = torch.float64
 
@@ -175,6 +176,25 @@ def test_kth_largest_matches_topk(dtype):
         scratch = a.clone()
         assert torch.equal(F.kth_largest(scratch, k, overwrite=True), expected)  # reorders scratch's rows
         assert torch.equal(scratch.sort(-1).values, a.sort(-1).values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selection_cut_skips_rows_without_changing_the_level(dtype):
+    # With a row threshold, rows where at most `keep` entries exceed theta get the level theta
+    # without a selection; the level must be max(kth largest, theta) in every row, ties included.
+    g = torch.Generator().manual_seed(11)
+    a = torch.randn(37, 41, generator=g, dtype=dtype).abs()
+    a[0, :6] = 0.7  # ties at the threshold
+    a[1] = 0.0
+    for theta in (0.7, torch.tensor(0.7, dtype=dtype), 0.2 + 2 * torch.rand(37, 1, generator=g, dtype=dtype),
+                  torch.tensor(-0.1, dtype=dtype)):
+        skipped = 0
+        for keep in (0, 1, 5, 6, 12, 40):
+            expected = torch.maximum(a.topk(keep + 1, dim=-1).values[:, -1:], torch.as_tensor(theta, dtype=dtype))
+            assert torch.equal(F.selection_cut(a, keep, theta), expected)
+            assert torch.equal(F.selection_cut(a.clone(), keep, theta, overwrite=True), expected)
+            skipped += int((~torch.from_numpy(kernels.rows_over(a, theta, keep))).sum())
+        assert skipped > 0 or float(torch.as_tensor(theta).min()) < 0  # the short cut was taken
 
 
 @pytest.mark.parametrize("theta_shape", [(), (41,), (7, 1), (7, 41)])

@@ -144,7 +144,7 @@ class _StepShrink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, gamma: Tensor, d: Tensor, theta: Tensor, keep: int, with_theta: bool) -> Tensor:
         z = torch.addcmul(x, gamma, d)
-        cut = selection_cut(z.abs(), keep, overwrite=True) if keep > 0 else None
+        cut = selection_cut(z.abs(), keep, _row_level(theta, with_theta), overwrite=True) if keep > 0 else None
         out, code = kernels.shrink_forward(z, theta, cut, with_theta)
         ctx.theta_shape = theta.shape
         ctx.save_for_backward(code, d, gamma)
@@ -229,18 +229,46 @@ def selection_cut(a: Tensor, keep: int, theta: Tensor | float | None = None, ove
     """The per-sample level above which ``|z|`` bypasses the shrinkage, from ``a = |z|`` (no gradient).
 
     Entries strictly above the ``(keep + 1)``-th largest ``|z|`` (the percentile or ``p_k``-th
-    value), and with ``theta`` (percentage form) also above ``theta``. ``keep >= n`` lets
-    every entry through (every entry above ``theta`` with it). ``overwrite``: ``a`` may be
-    reordered (see :func:`kth_largest`).
+    value), and with ``theta`` (percentage form) also above ``theta``: the level is then
+    ``max(cut, theta)``. ``keep >= n`` lets every entry through (every entry above ``theta``
+    with it). ``overwrite``: ``a`` may be reordered (see :func:`kth_largest`).
+
+    With a ``theta`` shared by a row (a scalar or per sample) a row in which at most ``keep``
+    entries exceed ``theta`` has ``cut <= theta``, so its level is ``theta`` without a selection:
+    one counting pass (:func:`unrolled.kernels.rows_over`) spares the selection of those rows,
+    most of them once the support has settled (docs/results.md). The levels are the same.
     """
     with torch.no_grad():
         if keep >= a.shape[-1]:
             cut = a.new_full((*a.shape[:-1], 1), -1.0)
+        elif _row_theta(a, theta):
+            rows = torch.from_numpy(kernels.rows_over(a, theta, keep))
+            if bool(rows.all()):
+                cut = kth_largest(a, keep + 1, overwrite)
+            else:
+                cut = a.new_full((*a.shape[:-1], 1), -1.0)
+                if bool(rows.any()):
+                    cut[rows] = kth_largest(a[rows], keep + 1, overwrite=True)  # a[rows] is a copy
         else:
             cut = kth_largest(a, keep + 1, overwrite)
         if theta is None:
             return cut
         return torch.maximum(cut, theta) if isinstance(theta, Tensor) else cut.clamp_(min=theta)
+
+
+def _row_level(theta: Tensor, with_theta: bool) -> Tensor | None:
+    """``theta`` for :func:`selection_cut` in the training paths: in the percentage form and one per
+    row (the cut stays one per row, and the shrinkage raises it to ``theta`` again: the same level)."""
+    return theta.detach() if with_theta and (theta.dim() == 0 or theta.shape[-1] == 1) else None
+
+
+def _row_theta(a: Tensor, theta: Tensor | float | None) -> bool:
+    """Whether ``theta`` is one threshold per row of the 2-D CPU ``a`` that :func:`kernels.rows_over` takes."""
+    if theta is None or not kernels.usable(a):
+        return False
+    if not isinstance(theta, Tensor):
+        return True
+    return kernels.usable(a, theta) and theta.shape[-1:] != a.shape[-1:]
 
 
 def support_mask(z: Tensor, keep: int, theta: Tensor | float | None = None) -> Tensor:
@@ -265,9 +293,9 @@ def shrink(z: Tensor, theta: Tensor | float, keep: int = 0, with_theta: bool = T
     """
     if keep <= 0:
         return soft_threshold(z, theta)
-    if torch.is_grad_enabled() and isinstance(theta, Tensor):  # _Shrink raises the cut to theta itself
+    if torch.is_grad_enabled() and isinstance(theta, Tensor):
         with torch.no_grad():
-            cut = selection_cut(z.abs(), keep, overwrite=True)
+            cut = selection_cut(z.abs(), keep, _row_level(theta, with_theta), overwrite=True)
         return _Shrink.apply(z, theta, cut, with_theta)
     with torch.no_grad():
         a = z.abs()
@@ -507,7 +535,7 @@ class _GatedStep(torch.autograd.Function):
         r = torch.sub(y, r, out=r)
         z = r @ W
         z = torch.add(x, z, alpha=s[2], out=z)
-        cut = selection_cut(z.abs(), keep, overwrite=True) if keep > 0 else None
+        cut = selection_cut(z.abs(), keep, s[3] if with_theta else None, overwrite=True) if keep > 0 else None
         out, code = kernels.shrink_overshoot_forward(z, x, s[3], cut, with_theta, s[4], eps)
         ctx.save_for_backward(x, A, W, r, z, code)
         ctx.dtype = c.dtype

@@ -207,6 +207,25 @@ def step_shrink_backward(g: Tensor, code: Tensor, d: Tensor, gamma: Tensor, thet
     return gz, gd, _reduce(gg, gamma.shape, g.dtype), (_reduce(gt, theta_shape, g.dtype) if need_theta else None)
 
 
+@numba.njit(**_JIT)
+def _rows_over(a, theta, keep, out):
+    per_row = theta.shape[0] > 1
+    for b in range(a.shape[0]):
+        th = theta[b if per_row else 0, 0]
+        count = 0
+        for j in range(a.shape[1]):
+            count += a[b, j] > th
+        out[b] = count > keep
+
+
+def rows_over(a: Tensor, theta: Tensor | float, keep: int) -> np.ndarray:
+    """Rows of ``a`` in which more than ``keep`` entries exceed ``theta`` (a scalar or per row), as booleans."""
+    out = np.empty(a.shape[0], np.bool_)
+    th = _rows(theta) if isinstance(theta, Tensor) else np.full((1, 1), theta, _scalar_type(a))
+    _rows_over(_np(a), th, keep, out)
+    return out
+
+
 # --- AGLISTA's layer ----------------------------------------------------------------------------------
 
 @intrinsic
@@ -377,29 +396,28 @@ def _sigmoid_row(u, scale, one, out):
 @numba.njit(**_FMA)
 def _lstm_forward(hw, inp, w_ih_t, bias, c, one, two, s, c_new, tau, h):
     B, H = c.shape
-    pre = np.empty(4 * H, hw.dtype)
+    w0, w1 = w_ih_t[0], w_ih_t[1]
+    pre = np.empty(4 * H, hw.dtype)  # a separate row: in place, the sigmoid's loop is not vectorised (10x)
     for b in range(B):
-        pre[:] = hw[b]
-        for i in range(inp.shape[1]):
-            u = inp[b, i]
-            for k in range(4 * H):
-                pre[k] += u * w_ih_t[i, k]
+        u0, u1 = inp[b, 0], inp[b, 1]
         for k in range(4 * H):
-            pre[k] += bias[k]
-        _sigmoid_row(pre, one, one, s[b])
+            pre[k] = hw[b, k] + u0 * w0[k] + u1 * w1[k] + bias[k]
+        sb = s[b]
+        _sigmoid_row(pre, one, one, sb)
         for k in range(H):
-            c_new[b, k] = s[b, H + k] * c[b, k] + s[b, k] * (s[b, 2 * H + k] * two - one)
+            c_new[b, k] = sb[H + k] * c[b, k] + sb[k] * (sb[2 * H + k] * two - one)
         _sigmoid_row(c_new[b], two, one, tau[b])
         for k in range(H):
             tau[b, k] = tau[b, k] * two - one  # tanh(c_new) = 2 sigmoid(2 c_new) - 1
-            h[b, k] = s[b, 3 * H + k] * tau[b, k]
+            h[b, k] = sb[3 * H + k] * tau[b, k]
 
 
 def lstm_forward(hw: Tensor, inp: Tensor, w_ih: Tensor, bias: Tensor, c: Tensor) -> tuple[Tensor, ...]:
     """``(h, c_new, s, tau)`` of an LSTM cell whose g rows are doubled (see ``NA_ALISTA.lstm``) from
-    ``hw = h @ W_hh^T`` ``(batch, 4H)``, the few input columns ``inp``, ``W_ih`` ``(4H, inputs)``,
+    ``hw = h @ W_hh^T`` ``(batch, 4H)``, one or two input columns ``inp``, ``W_ih`` ``(4H, inputs)``,
     the summed biases and the cell state ``c``: ``s = sigmoid(hw + inp W_ih^T + bias)``."""
-    B, H = c.shape
+    if inp.shape[1] == 1:  # a second input with weight 0 adds exactly 0
+        inp, w_ih = torch.cat([inp, torch.zeros_like(inp)], 1), torch.cat([w_ih, torch.zeros_like(w_ih)], 1)
     s, c_new, tau, h = _empty(hw), _empty(c), _empty(c), _empty(c)
     t = _scalar_type(hw)
     _lstm_forward(_np(hw), _np(inp), _np(w_ih.T), _np(bias), _np(c), t(1), t(2), _np(s), _np(c_new), _np(tau),
