@@ -169,16 +169,24 @@ def test_kernels_take_gradients_of_any_layout():
     compare(lambda x, *p: F.gated_step(x, y, A, W, *p, 5), (x, *params), grad, exact=set())
 
 
-def test_na_alista_row_norms_gradient_with_and_without_kernels():
-    from unrolled.models.na_alista import _RowNorms
+@pytest.mark.parametrize("inputs", ["both", "r", "u"])
+def test_na_alista_residual_node_gradient_with_and_without_kernels(inputs):
+    from unrolled.models.na_alista import _Residual
 
     g = torch.Generator().manual_seed(6)
-    r, d = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 11, generator=g, dtype=torch.float64)
+    x, y = torch.randn(5, 11, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    A, W = torch.randn(7, 11, generator=g, dtype=torch.float64), torch.randn(7, 11, generator=g, dtype=torch.float64)
+    r = y - x @ A.T
+    d = r @ W
+    features = {"both": [r, d], "r": [r], "u": [d]}[inputs]
     for enabled in (True, False):
         kernels.ENABLED = enabled
         try:
-            inputs = (r.clone().requires_grad_(), d.clone().requires_grad_())
-            assert torch.autograd.gradcheck(_RowNorms.apply, inputs)
-            torch.testing.assert_close(_RowNorms.apply(*inputs), torch.stack([r.abs().sum(-1), d.abs().sum(-1)], 1))
+            leaves = (x.clone().requires_grad_(), y.clone().requires_grad_())
+            assert torch.autograd.gradcheck(lambda x, y: _Residual.apply(x, y, A, W, inputs), leaves)
+            got_d, got_f = _Residual.apply(*leaves, A, W, inputs)
+            torch.testing.assert_close(got_d, d, rtol=1e-12, atol=1e-12)
+            want_f = torch.stack([v.abs().sum(-1) for v in features], 1)
+            torch.testing.assert_close(got_f, want_f, rtol=1e-12, atol=1e-12)
         finally:
             kernels.ENABLED = True

@@ -161,8 +161,8 @@ def test_na_alista_with_constant_head_is_alista(ss, problem, y):
     na = build("na-alista", problem, {"K": K, "ss": ss, "H": 5}, F64)
     assert na.keep == alista.keep and torch.equal(na.W, alista.W)
 
-    def constant(t, r, d, ctx):
-        one = r.new_ones(r.shape[0], 1)
+    def constant(t, features, ctx):
+        one = features.new_ones(features.shape[0], 1)
         return gamma * one, theta * one
 
     na.thresholds = constant

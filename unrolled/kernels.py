@@ -462,18 +462,19 @@ def lstm_backward(s: Tensor, c_prev: Tensor, tau: Tensor, dh: Tensor, dc: Tensor
 # --- row l1 norms (NA-ALISTA's features) -------------------------------------------------------------------
 
 @numba.njit(**_JIT)
-def _scaled_sign(v, w, one, zero, out):
+def _add_scaled_sign(g, v, w, scale, one, zero, out):
     B, n = v.shape
     for b in range(B):
         wb = w[b]
         for j in range(n):
             vj = v[b, j]
-            out[b, j] = wb * (one if vj > 0 else (-one if vj < 0 else vj * zero))  # sign(nan) = nan
+            out[b, j] = scale * (g[b, j] + wb * (one if vj > 0 else (-one if vj < 0 else vj * zero)))  # sign(nan) = nan
 
 
-def scaled_sign(v: Tensor, w: Tensor) -> Tensor:
-    """``w sign(v)`` for ``v: (batch, n)`` and a per-sample ``w: (batch,)``: the gradient of ``|v|.sum(-1)``."""
+def add_scaled_sign(g: Tensor, v: Tensor, w: Tensor, scale: float) -> Tensor:
+    """``scale (g + w sign(v))`` for ``g, v: (batch, n)`` and a per-sample ``w: (batch,)``: the
+    gradient of ``|v|.sum(-1)`` added to ``g`` (``scale``: 1 or -1, exact)."""
     out = _empty(v)
     t = _scalar_type(v)
-    _scaled_sign(_np(v), _np(w), t(1), t(0), _np(out))
+    _add_scaled_sign(_np(g), _np(v), _np(w), t(scale), t(1), t(0), _np(out))
     return out

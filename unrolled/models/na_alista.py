@@ -108,8 +108,7 @@ class NA_ALISTA(AnalyticNet):
 
     def features(self, r: Tensor, d: Tensor) -> Tensor:
         """``[||r||_1, ||d||_1]`` (or one of them) per sample, ``(batch, n_in)``."""
-        which = {"both": (r, d), "r": (r,), "u": (d,)}[self.config.inputs]
-        return _RowNorms.apply(*which)
+        return _row_norms(r if self.config.inputs != "u" else None, d if self.config.inputs != "r" else None)
 
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         b = y.shape[0]
@@ -136,9 +135,10 @@ class NA_ALISTA(AnalyticNet):
         """
         return _LstmCell.apply(inp, *state, *(self.lstm_weights() if weights is None else weights))
 
-    def thresholds(self, t: int, r: Tensor, d: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
-        """``(gamma, theta)``, each ``(batch, 1)``, from the residual ``r = y - A x`` and ``d = W^T r``."""
-        h, c = self.lstm(self.features(r, d) / self.feature_scale, ctx["state"], ctx["lstm"])
+    def thresholds(self, t: int, features: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
+        """``(gamma, theta)``, each ``(batch, 1)``, from the :meth:`features` of the residual ``r = y - A x``
+        and ``d = W^T r``."""
+        h, c = self.lstm(features / self.feature_scale, ctx["state"], ctx["lstm"])
         ctx["state"] = (h, c)
         out = self.head(c)
         if self.config.head == "paper":
@@ -146,10 +146,9 @@ class NA_ALISTA(AnalyticNet):
         return out[:, 1:], out[:, :1]
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
-        # F.gradient_step(x, y, A, W, gamma) with its residual and direction reused for the features.
-        r = torch.addmm(y, x, self.A.T, alpha=-1)
-        d = r @ self.W
-        gamma, theta = self.thresholds(t, r, d, ctx)
+        # F.gradient_step(x, y, A, W, gamma) in two parts: its direction d feeds the features too.
+        d, features = _Residual.apply(x, y, self.A, self.W, self.config.inputs)
+        gamma, theta = self.thresholds(t, features, ctx)
         return F.step_shrink(x, gamma, d, theta, self.keep[t - 1], self.with_theta)
 
 
@@ -195,21 +194,47 @@ class _LstmCell(torch.autograd.Function):
                 (inp.T @ dgates).T if need[4] else None, dgates.sum(0) if need[5] else None)
 
 
-class _RowNorms(torch.autograd.Function):
-    """``[||v_1||_1, ||v_2||_1, ...]`` per sample, ``(batch, count)``, from 2-D ``v_j``.
+def _row_norms(r: Tensor | None, d: Tensor | None) -> Tensor:
+    """The row l1 norms of those of ``r`` and ``d`` given, ``(batch, count)`` (``abs().sum(-1)``:
+    ``vector_norm`` is six times slower here)."""
+    return torch.stack([v.abs().sum(-1) for v in (r, d) if v is not None], dim=1)
 
-    ``abs().sum(-1)`` (``vector_norm`` is six times slower here); the backward ``g_j sign(v_j)``
-    is one pass per input on the CPU (:func:`unrolled.kernels.scaled_sign`), where autograd
-    took four.
+
+class _Residual(torch.autograd.Function):
+    """``(d, features)`` from ``(x, y, A, W, inputs)``: ``r = y - x A^T``, ``d = r W`` and the
+    :meth:`NA_ALISTA.features` of ``(r, d)``.
+
+    One node whose backward takes the gradients of ``d`` and of the features together: with
+    ``w`` the features' gradients, ``g_d = grad_d + w_u sign(d)``, ``g_r = g_d W^T + w_r sign(r)``,
+    ``dx = -g_r A``, ``dy = g_r``; each ``g + w sign(v)`` is one pass
+    (:func:`unrolled.kernels.add_scaled_sign`, which also takes the minus sign), where autograd
+    took about eight passes over ``(batch, n)`` between these products and the features' nodes.
     """
 
     @staticmethod
-    def forward(ctx, *vs: Tensor) -> Tensor:
-        ctx.save_for_backward(*vs)
-        return torch.stack([v.abs().sum(-1) for v in vs], dim=1)
+    def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, inputs: str) -> tuple[Tensor, Tensor]:
+        check(not (A.requires_grad or W.requires_grad), "A and W are fixed buffers in NA-ALISTA")
+        r = torch.addmm(y, x, A.T, alpha=-1)
+        d = r @ W
+        ctx.use_r, ctx.use_d = inputs != "u", inputs != "r"
+        ctx.save_for_backward(A, W, r, d)
+        return d, _row_norms(r if ctx.use_r else None, d if ctx.use_d else None)
 
     @staticmethod
-    def backward(ctx, g: Tensor):
-        return tuple((kernels.scaled_sign(v, g[:, j]) if kernels.usable(v) and v.dtype == g.dtype
-                      else torch.sign(v).mul_(g[:, j:j + 1])) if ctx.needs_input_grad[j] else None
-                     for j, v in enumerate(ctx.saved_tensors))
+    def backward(ctx, gd: Tensor, gf: Tensor):
+        A, W, r, d = ctx.saved_tensors
+        if ctx.use_d:  # -g_d first: dx = (-g_r) A is then one product
+            neg_g_r = _add_scaled_sign(gd, d, gf[:, -1], -1.0) @ W.T
+            if ctx.use_r:
+                neg_g_r = _add_scaled_sign(neg_g_r, r, gf[:, 0].neg(), 1.0)
+        else:
+            neg_g_r = _add_scaled_sign(gd @ W.T, r, gf[:, 0], -1.0)
+        need_x, need_y = ctx.needs_input_grad[:2]
+        return neg_g_r @ A if need_x else None, neg_g_r.neg() if need_y else None, None, None, None
+
+
+def _add_scaled_sign(g: Tensor, v: Tensor, w: Tensor, scale: float) -> Tensor:
+    """``scale (g + w sign(v))`` with ``w`` per sample ``(batch,)``: the gradient of ``|v|.sum(-1)`` added."""
+    if kernels.usable(v) and g.dtype == v.dtype == w.dtype:
+        return kernels.add_scaled_sign(g, v, w, scale)
+    return torch.sign(v).mul_(w[:, None]).add_(g).mul_(scale)

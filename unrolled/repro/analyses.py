@@ -110,8 +110,8 @@ def thresholds(ctx: Context) -> list[dict]:
     seen: list[tuple[Tensor, Tensor]] = []
     original = model.thresholds
 
-    def record(t, r, d, state):
-        gamma, theta = original(t, r, d, state)
+    def record(t, features, state):
+        gamma, theta = original(t, features, state)
         seen.append((gamma.detach(), theta.detach()))
         return gamma, theta
 
