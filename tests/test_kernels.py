@@ -179,14 +179,26 @@ def test_na_alista_residual_node_gradient_with_and_without_kernels(inputs):
     r = y - x @ A.T
     d = r @ W
     features = {"both": [r, d], "r": [r], "u": [d]}[inputs]
+    scale = torch.tensor([2.0, 0.5], dtype=torch.float64)[:len(features)]
     for enabled in (True, False):
         kernels.ENABLED = enabled
         try:
             leaves = (x.clone().requires_grad_(), y.clone().requires_grad_())
-            assert torch.autograd.gradcheck(lambda x, y: _Residual.apply(x, y, A, W, inputs), leaves)
-            got_d, got_f = _Residual.apply(*leaves, A, W, inputs)
+            assert torch.autograd.gradcheck(lambda x, y: _Residual.apply(x, y, A, W, inputs, scale), leaves)
+            got_d, got_f = _Residual.apply(*leaves, A, W, inputs, scale)
             torch.testing.assert_close(got_d, d, rtol=1e-12, atol=1e-12)
-            want_f = torch.stack([v.abs().sum(-1) for v in features], 1)
+            want_f = torch.stack([v.abs().sum(-1) for v in features], 1) / scale
             torch.testing.assert_close(got_f, want_f, rtol=1e-12, atol=1e-12)
         finally:
             kernels.ENABLED = True
+
+
+def test_na_alista_softsign_head_equals_linear_then_softsign():
+    from unrolled.models.na_alista import _SoftsignHead
+
+    g = torch.Generator().manual_seed(7)
+    c, U = torch.randn(5, 9, generator=g, dtype=torch.float64), torch.randn(2, 9, generator=g, dtype=torch.float64)
+    gamma, theta = _SoftsignHead.apply(c, U)
+    out = torch.nn.functional.softsign(torch.nn.functional.linear(c, U))
+    assert torch.equal(gamma, out[:, 1:]) and torch.equal(theta, out[:, :1])
+    assert torch.autograd.gradcheck(_SoftsignHead.apply, (c.requires_grad_(), U.requires_grad_()))

@@ -137,17 +137,17 @@ class NA_ALISTA(AnalyticNet):
 
     def thresholds(self, t: int, features: Tensor, ctx: dict) -> tuple[Tensor, Tensor]:
         """``(gamma, theta)``, each ``(batch, 1)``, from the :meth:`features` of the residual ``r = y - A x``
-        and ``d = W^T r``."""
-        h, c = self.lstm(features / self.feature_scale, ctx["state"], ctx["lstm"])
+        and ``d = W^T r``, divided by ``feature_scale``."""
+        h, c = self.lstm(features, ctx["state"], ctx["lstm"])
         ctx["state"] = (h, c)
-        out = self.head(c)
         if self.config.head == "paper":
-            out = nn.functional.softsign(out)
+            return _SoftsignHead.apply(c, self.head.weight)
+        out = self.head(c)
         return out[:, 1:], out[:, :1]
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         # F.gradient_step(x, y, A, W, gamma) in two parts: its direction d feeds the features too.
-        d, features = _Residual.apply(x, y, self.A, self.W, self.config.inputs)
+        d, features = _Residual.apply(x, y, self.A, self.W, self.config.inputs, self.feature_scale)
         gamma, theta = self.thresholds(t, features, ctx)
         return F.step_shrink(x, gamma, d, theta, self.keep[t - 1], self.with_theta)
 
@@ -201,8 +201,8 @@ def _row_norms(r: Tensor | None, d: Tensor | None) -> Tensor:
 
 
 class _Residual(torch.autograd.Function):
-    """``(d, features)`` from ``(x, y, A, W, inputs)``: ``r = y - x A^T``, ``d = r W`` and the
-    :meth:`NA_ALISTA.features` of ``(r, d)``.
+    """``(d, features)`` from ``(x, y, A, W, inputs, scale)``: ``r = y - x A^T``, ``d = r W`` and the
+    :meth:`NA_ALISTA.features` of ``(r, d)`` divided by ``scale`` (a buffer).
 
     One node whose backward takes the gradients of ``d`` and of the features together: with
     ``w`` the features' gradients, ``g_d = grad_d + w_u sign(d)``, ``g_r = g_d W^T + w_r sign(r)``,
@@ -212,17 +212,18 @@ class _Residual(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, inputs: str) -> tuple[Tensor, Tensor]:
+    def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, inputs: str, scale: Tensor) -> tuple[Tensor, Tensor]:
         check(not (A.requires_grad or W.requires_grad), "A and W are fixed buffers in NA-ALISTA")
         r = torch.addmm(y, x, A.T, alpha=-1)
         d = r @ W
         ctx.use_r, ctx.use_d = inputs != "u", inputs != "r"
-        ctx.save_for_backward(A, W, r, d)
-        return d, _row_norms(r if ctx.use_r else None, d if ctx.use_d else None)
+        ctx.save_for_backward(A, W, r, d, scale)
+        return d, _row_norms(r if ctx.use_r else None, d if ctx.use_d else None) / scale
 
     @staticmethod
     def backward(ctx, gd: Tensor, gf: Tensor):
-        A, W, r, d = ctx.saved_tensors
+        A, W, r, d, scale = ctx.saved_tensors
+        gf = gf / scale
         if ctx.use_d:  # -g_d first: dx = (-g_r) A is then one product
             neg_g_r = _add_scaled_sign(gd, d, gf[:, -1], -1.0) @ W.T
             if ctx.use_r:
@@ -230,7 +231,29 @@ class _Residual(torch.autograd.Function):
         else:
             neg_g_r = _add_scaled_sign(gd @ W.T, r, gf[:, 0], -1.0)
         need_x, need_y = ctx.needs_input_grad[:2]
-        return neg_g_r @ A if need_x else None, neg_g_r.neg() if need_y else None, None, None, None
+        return neg_g_r @ A if need_x else None, neg_g_r.neg() if need_y else None, None, None, None, None
+
+
+class _SoftsignHead(torch.autograd.Function):
+    """``(gamma, theta)``: columns 1 and 0 of ``softsign(c U^T)`` (head "paper"), each ``(batch, 1)``.
+
+    One node instead of six (product, softsign's three operations, two slices); ``softsign(u) =
+    u / (|u| + 1)`` as PyTorch computes it, ``softsign'(u) = 1 / (|u| + 1)^2``.
+    """
+
+    @staticmethod
+    def forward(ctx, c: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
+        u = c @ U.T
+        den = u.abs().add_(1)
+        out = u.div_(den)
+        ctx.save_for_backward(c, U, den)
+        return out[:, 1:].contiguous(), out[:, :1].contiguous()
+
+    @staticmethod
+    def backward(ctx, g_gamma: Tensor, g_theta: Tensor):
+        c, U, den = ctx.saved_tensors
+        gu = torch.cat([g_theta, g_gamma], 1).div_(den).div_(den)
+        return gu @ U if ctx.needs_input_grad[0] else None, gu.T @ c if ctx.needs_input_grad[1] else None
 
 
 def _add_scaled_sign(g: Tensor, v: Tensor, w: Tensor, scale: float) -> Tensor:
