@@ -65,12 +65,16 @@ def usable_scalars(*tensors: Tensor, scalars: tuple[Tensor, ...]) -> bool:
 
 def _np(t: Tensor) -> np.ndarray:
     """``t``'s memory as an array (no copy for a contiguous ``t``)."""
-    return t.detach().contiguous().numpy()
+    if t.requires_grad:  # the checks cost less than the calls (a kernel call converts about ten tensors)
+        t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()
 
 
 def _empty(t: Tensor) -> Tensor:
     """A new contiguous tensor of ``t``'s shape and dtype (kernels write outputs in place)."""
-    return torch.empty(t.shape, dtype=t.dtype)
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
 
 
 def _rows(p: Tensor) -> np.ndarray:
