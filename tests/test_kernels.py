@@ -110,6 +110,21 @@ def test_gated_step_kernels_match_the_pytorch_composition(dtype, keep, with_thet
     assert torch.equal(out, F.gated_step(x, y, A, W, *(p.requires_grad_() for p in params), keep, with_theta))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("eps", [None, 0.1])  # ALISTA, ALISTA-AT
+@pytest.mark.parametrize("keep, with_theta", [(0, True), (5, True), (5, False)])
+def test_pgd_step_node_matches_the_pytorch_composition(dtype, eps, keep, with_theta):
+    x, y, A, W, params, grad = gated_inputs(dtype, seed=12)
+    gamma, theta = params[2], params[3]
+    assert F._fixed_operators(x, y, A, W, gamma, theta)
+    compare(lambda x, g, th: F.pgd_step(x, y, A, W, g, th, keep, with_theta, eps), (x, gamma, theta), grad,
+            exact={-1}, loose=5 if dtype == torch.float32 else 1)  # the forward is the same operations
+    if dtype == torch.float64:
+        inputs = tuple(v.clone().requires_grad_() for v in (x, y, gamma, theta))
+        step = lambda x, y, g, th: F.pgd_step(x, y, A, W, g, th, keep, with_theta, eps)  # noqa: E731
+        assert torch.autograd.gradcheck(step, inputs)
+
+
 def test_exp_kernel_is_within_one_unit_in_the_last_place():
     # float32 exp of the gate kernels (a polynomial, not libm) over its whole range
     for v, top in ((1.0, 87.3), (-1.0, 88.3)):  # exp(-u) and exp(u)

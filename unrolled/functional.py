@@ -382,15 +382,73 @@ class _GradientStep(torch.autograd.Function):
 
 
 def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, theta: Tensor | float,
-             keep: int = 0, with_theta: bool = True) -> Tensor:
+             keep: int = 0, with_theta: bool = True, eps: float | None = None) -> Tensor:
     """One proximal-gradient step ``shrink(x + gamma W^T (y - A x), theta)``.
 
     ISTA is ``W = A, gamma = 1/L, theta = lam/L``; ALISTA takes the analytic W and learned
     ``(gamma_t, theta_t)``; LISTA-CP a learned ``W_t`` with ``gamma = 1``; TiLISTA a learned
     W with ``gamma = alpha_t``; SLISTA ``W = A``, ``gamma = s_t``, ``theta = lam s_t``;
-    NA-ALISTA per-sample ``(batch, 1)`` values.
+    NA-ALISTA per-sample ``(batch, 1)`` values. ``eps``: ALISTA-AT's per-entry threshold
+    :func:`adaptive_threshold` ``theta / (|x| / eps + 1)`` of the current iterate.
+
+    With scalar tensors ``gamma`` and ``theta``, fixed ``A`` and ``W`` on the CPU (ALISTA and
+    ALISTA-AT), inference and training both take one node (:class:`_PgdStep`): the same
+    forward operations and bits as the composition, a backward with about half its passes.
     """
+    if isinstance(gamma, Tensor) and isinstance(theta, Tensor) and _fixed_operators(x, y, A, W, gamma, theta):
+        return _PgdStep.apply(x, y, A, W, gamma, theta, keep, with_theta, eps)
+    if eps is not None:
+        theta = adaptive_threshold(x, theta, eps)
     return shrink(gradient_step(x, y, A, W, gamma), theta, keep, with_theta)
+
+
+def _fixed_operators(x: Tensor, y: Tensor, A: Tensor, W: Tensor, *scalars: Tensor) -> bool:
+    """Whether a layer's node with kernels applies: CPU tensors of one dtype (see
+    :func:`kernels.usable`), scalar parameters, ``A`` and ``W`` without gradient."""
+    return (kernels.usable_scalars(x, scalars=scalars) and kernels.usable(y) and x.dtype == y.dtype
+            and not (A.requires_grad or W.requires_grad))
+
+
+class _PgdStep(torch.autograd.Function):
+    """:func:`pgd_step` with scalar ``gamma`` and ``theta`` as one node: the products of
+    :func:`gradient_step`, the selection, and one kernel each way for the shrinkage
+    (with ALISTA-AT's thresholds made inside it, from ``x``).
+
+    Backward from ``g``: ``gz`` (and the thresholds' part of ``x``'s gradient, added), ``g_r =
+    gz W^T``, ``dgamma = <g_r, r>`` (the same sum as ``<gz, r W>``, over half the entries),
+    ``dx = gz - gamma g_r A`` as one ``addmm``. It keeps ``x``, ``r`` and the ``int8`` codes.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor, theta: Tensor, keep: int,
+                with_theta: bool, eps: float | None) -> Tensor:
+        z, r, _ = _gradient_step(x, y, A, W, gamma, None, save=True)
+        th = theta.item()
+        level = th if with_theta and eps is None else None  # one per row: rows may skip the selection
+        cut = selection_cut(z.abs(), keep, level, overwrite=True) if keep > 0 else None
+        if eps is None:
+            out, code = kernels.shrink_forward(z, theta, cut, with_theta)
+        else:
+            out, code = kernels.adaptive_shrink_forward(z, x, th, eps, cut, with_theta)
+        ctx.scalars = (gamma.item(), th, eps)
+        ctx.save_for_backward(x, A, W, r, code)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, A, W, r, code = ctx.saved_tensors
+        gamma, theta, eps = ctx.scalars
+        if eps is None:
+            gz, gtheta = kernels.shrink_backward(g, code, torch.Size(), True)
+            gx = gz
+        else:
+            gz, gx, gtheta = kernels.adaptive_shrink_backward(g, code, x, theta, eps)
+            gtheta = torch.tensor(gtheta, dtype=g.dtype)
+        g_r = gz @ W.T
+        ggamma = torch.dot(g_r.reshape(-1), r.reshape(-1))
+        dx = torch.addmm(gx, g_r, A, alpha=-gamma)
+        dy = g_r * gamma if ctx.needs_input_grad[1] else None
+        return dx, dy, None, None, ggamma, gtheta, None, None, None
 
 
 def adaptive_threshold(x: Tensor, theta: Tensor, eps: float) -> Tensor:
@@ -508,9 +566,7 @@ def gated_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, c: Tensor, v: Tensor,
     ``(batch, n)`` in training. Otherwise the composition of :func:`gain_gate`,
     :func:`gradient_step`, :func:`shrink` and :func:`overshoot`.
     """
-    fused = (kernels.usable_scalars(x, scalars=(c, v, gamma, theta, a)) and kernels.usable(y)
-             and x.dtype == y.dtype and not (A.requires_grad or W.requires_grad))
-    if fused:
+    if _fixed_operators(x, y, A, W, c, v, gamma, theta, a):
         return _GatedStep.apply(x, y, A, W, c, v, gamma, theta, a, keep, with_theta, eps)
     z = gradient_step(gain_gate(x, c, v), y, A, W, gamma, base=x)
     return overshoot(shrink(z, theta, keep, with_theta), x, a, eps)

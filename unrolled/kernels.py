@@ -212,6 +212,59 @@ def step_shrink_backward(g: Tensor, code: Tensor, d: Tensor, gamma: Tensor, thet
 
 
 @numba.njit(**_JIT)
+def _adaptive_shrink_forward(z, x, th, eps, one, cut, with_theta, out, code):
+    """:func:`_shrink_forward` with ALISTA-AT's per-entry threshold ``th eps / (|x| + eps)`` made on the fly."""
+    B, n = z.shape
+    the = th * eps
+    for b in range(B):
+        c = cut[b]
+        for j in range(n):
+            t = (one / (abs(x[b, j]) + eps)) * the  # as functional.adaptive_threshold computes it
+            hi = max(c, t) if with_theta else c
+            out[b, j], code[b, j] = _shrink_entry(z[b, j], t, hi, min(hi, t))
+
+
+@numba.njit(**_SUM)
+def _adaptive_shrink_backward(g, code, x, th, eps, zero, one, gz, gx):
+    """``gz = g [code != 0]``; ``gx = gz + s dt/dx`` with ``s = -gz sign`` the threshold's gradient and
+    ``dt/dx = -th eps sign(x) / (|x| + eps)^2``; returns ``sum s / (|x| + eps)`` (times ``eps``: d/dth)."""
+    B, n = g.shape
+    acc = 0.0
+    k = th * -eps
+    for b in range(B):
+        for j in range(n):
+            c, xj = code[b, j], x[b, j]
+            gj = g[b, j] * (one if c != ZERO else zero)
+            s = -(gj * (one if c == 1 else (-one if c == -1 else zero)))
+            r = one / (abs(xj) + eps)
+            acc += s * r
+            gz[b, j] = gj
+            gx[b, j] = gj + s * r * r * (one if xj > 0 else (-one if xj < 0 else zero)) * k
+    return acc
+
+
+def adaptive_shrink_forward(z: Tensor, x: Tensor, theta: float, eps: float, cut: Tensor | None,
+                            with_theta: bool) -> tuple[Tensor, Tensor]:
+    """:func:`shrink_forward` with the threshold ``theta eps / (|x| + eps)`` of each entry (ALISTA-AT)."""
+    out = _empty(z)
+    code = torch.empty(z.shape, dtype=torch.int8)
+    t = _scalar_type(z)
+    c = np.full(z.shape[0], np.inf, t) if cut is None else _np(cut.reshape(-1))
+    _adaptive_shrink_forward(_np(z), _np(x), t(theta), t(eps), t(1), c, with_theta and cut is not None, _np(out),
+                             _np(code))
+    return out, code
+
+
+def adaptive_shrink_backward(g: Tensor, code: Tensor, x: Tensor, theta: float,
+                             eps: float) -> tuple[Tensor, Tensor, float]:
+    """``(grad_z, grad_z + the threshold's part of grad_x, grad_theta)`` of :func:`adaptive_shrink_forward`."""
+    gz, gx = _empty(g), _empty(g)
+    t = _scalar_type(g)
+    acc = _adaptive_shrink_backward(_np(g), _np(code), _np(x), t(theta), t(eps), t(0), t(1), _np(gz), _np(gx))
+    return gz, gx, acc * eps
+
+
+@numba.njit(**_JIT)
 def _rows_over(a, theta, keep, out):
     per_row = theta.shape[0] > 1
     for b in range(a.shape[0]):

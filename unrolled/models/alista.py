@@ -58,7 +58,7 @@ class ALISTA(AnalyticNet):
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
-        return self.shrink(t, F.gradient_step(x, y, self.A, self.W, p.gamma), p.theta)
+        return F.pgd_step(x, y, self.A, self.W, p.gamma, p.theta, self.keep[t - 1], self.with_theta)
 
 
 @dataclass
@@ -76,8 +76,8 @@ class ALISTA_AT(ALISTA):
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
-        theta = F.adaptive_threshold(x, p.theta, self.config.eps)
-        return self.shrink(t, F.gradient_step(x, y, self.A, self.W, p.gamma), theta)
+        return F.pgd_step(x, y, self.A, self.W, p.gamma, p.theta, self.keep[t - 1], self.with_theta,
+                          eps=self.config.eps)
 
 
 @dataclass
