@@ -396,6 +396,8 @@ def pgd_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float, 
     forward operations and bits as the composition, a backward with about half its passes.
     """
     if isinstance(gamma, Tensor) and isinstance(theta, Tensor) and _fixed_operators(x, y, A, W, gamma, theta):
+        if not torch.is_grad_enabled():
+            return _pgd_forward(x, y, A, W, gamma, theta, keep, with_theta, eps, save=False)[0]
         return _PgdStep.apply(x, y, A, W, gamma, theta, keep, with_theta, eps)
     if eps is not None:
         theta = adaptive_threshold(x, theta, eps)
@@ -407,6 +409,20 @@ def _fixed_operators(x: Tensor, y: Tensor, A: Tensor, W: Tensor, *scalars: Tenso
     :func:`kernels.usable`), scalar parameters, ``A`` and ``W`` without gradient."""
     return (kernels.usable_scalars(x, scalars=scalars) and kernels.usable(y) and x.dtype == y.dtype
             and not (A.requires_grad or W.requires_grad))
+
+
+def _pgd_forward(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor, theta: Tensor, keep: int,
+                 with_theta: bool, eps: float | None, save: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(out, r, code)`` of :class:`_PgdStep`'s forward; ``save = False`` (inference) reuses buffers."""
+    z, r, _ = _gradient_step(x, y, A, W, gamma, None, save)
+    th = theta.item()
+    level = th if with_theta and eps is None else None  # one per row: rows may skip the selection
+    cut = selection_cut(z.abs(), keep, level, overwrite=True) if keep > 0 else None
+    if eps is None:
+        out, code = kernels.shrink_forward(z, theta, cut, with_theta)
+    else:
+        out, code = kernels.adaptive_shrink_forward(z, x, th, eps, cut, with_theta)
+    return out, r, code
 
 
 class _PgdStep(torch.autograd.Function):
@@ -422,15 +438,8 @@ class _PgdStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor, theta: Tensor, keep: int,
                 with_theta: bool, eps: float | None) -> Tensor:
-        z, r, _ = _gradient_step(x, y, A, W, gamma, None, save=True)
-        th = theta.item()
-        level = th if with_theta and eps is None else None  # one per row: rows may skip the selection
-        cut = selection_cut(z.abs(), keep, level, overwrite=True) if keep > 0 else None
-        if eps is None:
-            out, code = kernels.shrink_forward(z, theta, cut, with_theta)
-        else:
-            out, code = kernels.adaptive_shrink_forward(z, x, th, eps, cut, with_theta)
-        ctx.scalars = (gamma.item(), th, eps)
+        out, r, code = _pgd_forward(x, y, A, W, gamma, theta, keep, with_theta, eps, save=True)
+        ctx.scalars = (gamma.item(), theta.item(), eps)
         ctx.save_for_backward(x, A, W, r, code)
         return out
 
