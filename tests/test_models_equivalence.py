@@ -238,12 +238,13 @@ def test_amp_reaches_the_support_oracle():
     assert got < floor + 1.0 and got < ista - 20, (got, floor, ista)
 
 
-def test_na_alista_cell_equals_torch_lstm_cell():
+@pytest.mark.parametrize("inputs", ["both", "u"])
+def test_na_alista_cell_equals_torch_lstm_cell(inputs):
     # NA-ALISTA computes nn.LSTMCell's update itself (fewer passes over the gates); float64.
     problem = Problem(ProblemSpec(m=13, n=29, p=0.1, snr=40, seed=2))
-    model = build("na-alista", problem, {"K": 3, "H": 7}, dtype=torch.float64)
+    model = build("na-alista", problem, {"K": 3, "H": 7, "inputs": inputs}, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
-    inp, h, c = (torch.randn(5, k, generator=g, dtype=torch.float64) for k in (2, 7, 7))
+    inp, h, c = (torch.randn(5, k, generator=g, dtype=torch.float64) for k in (2 if inputs == "both" else 1, 7, 7))
     for enabled in (True, False):  # the forward kernel and the PyTorch form
         kernels.ENABLED = enabled
         try:
