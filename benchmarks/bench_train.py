@@ -1,6 +1,11 @@
 """Training throughput: ms per Adam step and effective GFLOP/s next to the matmul ceiling.
 
     python benchmarks/bench_train.py [--models alista,na-alista,lista] [--batch 512] [--device cpu]
+                                     [--runs RUN ...]
+
+Models are built at their initialisation; ``--runs`` adds finished runs' trained models (on
+their own problems): data-dependent work such as the support selection differs once trained
+(functional.selection_cut skips rows whose support has settled).
 
 Flop count per step (float32, batch B, K layers, A: m x n): every layer's matrix products
 are counted as ``2 B * (inner) * (outer)``; the backward pass of a product costs twice its
@@ -26,7 +31,9 @@ from pathlib import Path
 import torch
 
 from unrolled import Problem, ProblemSpec
+from unrolled.commands import load_run
 from unrolled.cpu import keep_freed_memory
+from unrolled.errors import check
 from unrolled.io import write_text
 from unrolled.models import build
 
@@ -80,6 +87,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the models; the best counts")
+    ap.add_argument("--runs", nargs="*", default=[], metavar="RUN", help="finished runs whose trained models to add")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="benchmarks/results/train_cpu.json")
     ap.add_argument("--malloc", choices=["keep", "system"], default="keep",
@@ -89,15 +97,20 @@ def main() -> None:
     dev = torch.device(a.device)
     problem = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=40, seed=0))
     m, n, B, K = problem.m, problem.n, a.batch, a.layers
-    g = torch.Generator().manual_seed(0)
-    x, y = problem.sample(B, g)
-    x, y = x.to(dev), y.to(dev)
+    models = [(name, build(name, problem, {"K": K}), problem) for name in a.models.split(",") if name]
+    for path in a.runs:
+        model, run_problem, _, _ = load_run(path)
+        check((run_problem.m, run_problem.n) == (m, n), f"{path} is a {run_problem.m}x{run_problem.n} problem; "
+                                                          f"the benchmark's ceiling is for {m}x{n}")
+        models.append((f"{model.name} ({Path(path).name})", model, run_problem))
     runs = {}
-    for name in a.models.split(","):
-        model = build(name, problem, {"K": K}).to(dev)
+    for name, model, prob in models:
+        model = model.to(dev)
+        x, y = prob.sample(B, torch.Generator().manual_seed(0))
+        x, y = x.to(dev), y.to(dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer (unrolled/train/trainer.py)
 
-        def steps(model=model, opt=opt):
+        def steps(model=model, opt=opt, x=x, y=y):
             for _ in range(a.steps):
                 opt.zero_grad(set_to_none=True)
                 loss = ((model(y) - x) ** 2).sum(1).mean()
@@ -117,14 +130,15 @@ def main() -> None:
         sec, peak = run["sec"], run["peak"]
         gflops = step_flops(run["model"], B) / sec / 1e9
         rows.append(dict(model=name, ms_per_step=1e3 * sec, gflops=gflops, ceiling_gflops=peak,
-                         fraction=gflops / peak, rounds=a.rounds, batch=B, K=K, m=m, n=n, device=str(dev),
+                         fraction=gflops / peak, rounds=a.rounds, batch=B, K=run["model"].K, m=m, n=n, device=str(dev),
                          threads=torch.get_num_threads(), malloc_kept=malloc_kept, torch=torch.__version__,
                          cpu=platform.processor()))
     print(f"training step, batch {B}, K={K}, {m}x{n}, float32, {dev} ({torch.get_num_threads()} threads); "
           f"best of {a.rounds} interleaved rounds; matmul ceiling: the best measured right before or after the model")
-    print(f"{'model':<12}{'ms/step':>10}{'GFLOP/s':>10}{'ceiling':>10}{'of ceiling':>12}")
+    width = max(12, *(len(r["model"]) + 2 for r in rows))
+    print(f"{'model':<{width}}{'ms/step':>10}{'GFLOP/s':>10}{'ceiling':>10}{'of ceiling':>12}")
     for r in rows:
-        print(f"{r['model']:<12}{r['ms_per_step']:>10.1f}{r['gflops']:>10.1f}{r['ceiling_gflops']:>10.1f}"
+        print(f"{r['model']:<{width}}{r['ms_per_step']:>10.1f}{r['gflops']:>10.1f}{r['ceiling_gflops']:>10.1f}"
               f"{100 * r['fraction']:>11.0f}%")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_text(a.out, json.dumps(rows, indent=2) + "\n")
