@@ -188,13 +188,18 @@ def test_selection_cut_skips_rows_without_changing_the_level(dtype):
     a[1] = 0.0
     for theta in (0.7, torch.tensor(0.7, dtype=dtype), 0.2 + 2 * torch.rand(37, 1, generator=g, dtype=dtype),
                   torch.tensor(-0.1, dtype=dtype)):
-        skipped = 0
+        counts = kernels.count_over(a, theta)
+        assert torch.equal(torch.from_numpy(counts), (a > torch.as_tensor(theta, dtype=dtype)).sum(-1))
         for keep in (0, 1, 5, 6, 12, 40):
             expected = torch.maximum(a.topk(keep + 1, dim=-1).values[:, -1:], torch.as_tensor(theta, dtype=dtype))
             assert torch.equal(F.selection_cut(a, keep, theta), expected)
             assert torch.equal(F.selection_cut(a.clone(), keep, theta, overwrite=True), expected)
-            skipped += int((~torch.from_numpy(kernels.rows_over(a, theta, keep))).sum())
-        assert skipped > 0 or float(torch.as_tensor(theta).min()) < 0  # the short cut was taken
+    # the short cuts were taken: rows without a selection, and selections among a shortlist
+    high = 1.5 * torch.ones(37, 1, dtype=dtype)
+    counts = kernels.count_over(a, high)
+    assert (counts <= 5).any() and (counts > 5).any() and counts.max() <= 41 // 2
+    expected = torch.maximum(a.topk(6, dim=-1).values[:, -1:], high)
+    assert torch.equal(F.selection_cut(a, 5, high), expected)
 
 
 @pytest.mark.parametrize("theta_shape", [(), (41,), (7, 1), (7, 41)])

@@ -234,21 +234,28 @@ def selection_cut(a: Tensor, keep: int, theta: Tensor | float | None = None, ove
     with it). ``overwrite``: ``a`` may be reordered (see :func:`kth_largest`).
 
     With a ``theta`` shared by a row (a scalar or per sample) a row in which at most ``keep``
-    entries exceed ``theta`` has ``cut <= theta``, so its level is ``theta`` without a selection:
-    one counting pass (:func:`unrolled.kernels.rows_over`) spares the selection of those rows,
-    most of them once the support has settled (docs/results.md). The levels are the same.
+    entries exceed ``theta`` has ``cut <= theta``, so its level is ``theta`` without a selection;
+    in the other rows the cut is among the entries above ``theta``, so when those are at most
+    half a row the selection runs on them alone (:func:`unrolled.kernels.count_over`,
+    :func:`unrolled.kernels.compact_over`). Most rows take one of the two short cuts once the
+    support has settled (docs/results.md). The levels are the same.
     """
     with torch.no_grad():
         if keep >= a.shape[-1]:
             cut = a.new_full((*a.shape[:-1], 1), -1.0)
         elif _row_theta(a, theta):
-            rows = torch.from_numpy(kernels.rows_over(a, theta, keep))
-            if bool(rows.all()):
+            counts = kernels.count_over(a, theta)
+            rows = np.flatnonzero(counts > keep)
+            cut = a.new_full((*a.shape[:-1], 1), -1.0)
+            width = int(counts[rows].max()) if len(rows) else 0
+            if len(rows) and width <= a.shape[-1] // 2:  # the level is among the entries above theta
+                shortlist = kernels.compact_over(a, theta, rows, width, pad=-1.0)  # |z| >= 0 > pad
+                cut[rows] = torch.from_numpy(_partition_column(shortlist, width - keep - 1, overwrite=True))
+            elif len(rows) == a.shape[0]:
                 cut = kth_largest(a, keep + 1, overwrite)
-            else:
-                cut = a.new_full((*a.shape[:-1], 1), -1.0)
-                if bool(rows.any()):
-                    cut[rows] = kth_largest(a[rows], keep + 1, overwrite=True)  # a[rows] is a copy
+            elif len(rows):
+                rows = torch.from_numpy(rows)
+                cut[rows] = kth_largest(a[rows], keep + 1, overwrite=True)  # a[rows] is a copy
         else:
             cut = kth_largest(a, keep + 1, overwrite)
         if theta is None:
