@@ -270,7 +270,7 @@ def _row_level(theta: Tensor, with_theta: bool) -> Tensor | None:
 
 
 def _row_theta(a: Tensor, theta: Tensor | float | None) -> bool:
-    """Whether ``theta`` is one threshold per row of the 2-D CPU ``a`` that :func:`kernels.rows_over` takes."""
+    """Whether ``theta`` is one threshold per row of the 2-D CPU ``a``, as :func:`kernels.count_over` takes it."""
     if theta is None or not kernels.usable(a):
         return False
     if not isinstance(theta, Tensor):

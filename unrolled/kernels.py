@@ -13,8 +13,12 @@ reason). Each kernel computes the same operations in the same order as the PyTor
 aside); elsewhere multiply-adds are fused, as PyTorch's x86 build fuses them, and sums
 accumulate in float64, so values agree to rounding (tests/test_kernels.py). Where a function
 has a kernel, training and inference both take it, so the two give the same bits (the model
-contract). Transcendental functions (``exp``) stay in PyTorch: Numba calls the scalar
-``libm`` one, about six times slower.
+contract). ``exp`` (AGLISTA's gain gate, the LSTM's sigmoids) is a float32 polynomial here
+(:func:`_exp`, within one unit in the last place): Numba's call to the scalar ``libm`` one
+does not vectorise and was ten times slower.
+
+Whole layers are nodes built on them in :mod:`unrolled.functional` (``pgd_step`` with scalar
+parameters, ``gated_step``, ``step_shrink``) and in the NA-ALISTA model (its LSTM cell).
 
 :func:`usable` says whether a call may take a kernel: CPU tensors of one floating dtype,
 contiguous, with parameters as a scalar, per sample ``(batch, 1)`` or per entry ``(batch, n)``;

@@ -156,8 +156,10 @@ class _LstmCell(torch.autograd.Function):
     """``(h, c)`` of :meth:`NA_ALISTA.lstm` from ``(inp, h, c, W_hh, W_ih, bias)``, g rows doubled.
 
     One autograd node instead of about twenty (the slices of the gates alone cost a
-    zero-filled ``(batch, 4H)`` tensor each backward); the element-wise part of the backward
-    is one pass (:func:`unrolled.kernels.lstm_backward`) on the CPU.
+    zero-filled ``(batch, 4H)`` tensor each backward). On the CPU everything after ``h W_hh^T``
+    in the forward is one pass (:func:`unrolled.kernels.lstm_forward`: inputs, biases, the
+    sigmoids, the cell update), and so is the element-wise part of the backward
+    (:func:`unrolled.kernels.lstm_backward`).
     """
 
     @staticmethod
