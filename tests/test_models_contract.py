@@ -107,6 +107,25 @@ def test_inference_path_matches_autograd_path_bitwise(name, problem, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_empty_single_and_strided_batches(name, problem, batch):
+    # The kernels' fast paths take contiguous batches of any size; an empty batch trains (zero
+    # gradients), one sample matches its row of a batch, a strided y takes the general path.
+    x, y = batch
+    model = build(name, problem, {"K": K}, F64)
+    perturb(model)
+    out = model(y[:0])
+    assert out.shape == (0, problem.n)
+    if out.requires_grad:
+        ((out - x[:0]) ** 2).sum().backward()
+    with torch.no_grad():
+        whole = model(y)
+        assert torch.allclose(model(y[2:3]), whole[2:3], rtol=1e-12, atol=1e-14)
+        strided = torch.empty(y.shape[1], y.shape[0], dtype=y.dtype).T.copy_(y)
+        assert not strided.is_contiguous()
+        assert torch.allclose(model(strided), whole, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_cpu_blocks_match_one_batch(name, problem, batch, monkeypatch):
     """Inference on the CPU runs big batches in blocks of samples; every sample's result is the same."""
     _, y = batch

@@ -194,7 +194,7 @@ def _shrink_grads(g: Tensor, code: Tensor, d: Tensor | None, gamma: Tensor | Non
     gz = _empty(g)
     gd = _empty(g) if step else gz  # not written without a step
     per_entry = len(theta_shape) == 2 and theta_shape[1] > 1
-    per_row = len(theta_shape) == 2 and theta_shape[0] > 1
+    per_row = len(theta_shape) == 2 and theta_shape[0] != 1  # per sample, an empty batch included
     gt = np.zeros((g.shape[0] if per_row else 1, g.shape[1] if per_entry else 1),
                   np.float64 if not per_entry else _scalar_type(g))
     per_row_gamma = step and gamma.dim() > 0
