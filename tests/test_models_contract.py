@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from unrolled import kernels
 from unrolled.errors import UsageError
 from unrolled.io import load_safetensors, save_safetensors
 from unrolled.models import MODELS, base, build
@@ -56,8 +57,15 @@ def test_shapes_layers_and_depth(name, problem, batch):
     assert torch.isfinite(out).all()
 
 
+@pytest.fixture(params=[True, False], ids=["kernels", "pytorch"])
+def kernel_paths(request, monkeypatch):
+    """Both CPU paths: the fused kernels and the PyTorch forms (what CUDA runs)."""
+    monkeypatch.setattr(kernels, "ENABLED", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_gradients_reach_every_parameter(name, problem, batch):
+def test_gradients_reach_every_parameter(name, problem, batch, kernel_paths):
     x, y = batch
     model = build(name, problem, {"K": K}, F64)
     params = dict(model.named_parameters())
@@ -94,7 +102,7 @@ def test_deterministic_and_independent_of_global_rng(name, problem, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_inference_path_matches_autograd_path_bitwise(name, problem, batch):
+def test_inference_path_matches_autograd_path_bitwise(name, problem, batch, kernel_paths):
     _, y = batch
     model = build(name, problem, {"K": K}, F64)
     perturb(model)
