@@ -10,9 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unrolled import functional as F
-from unrolled import kernels, solvers
-from unrolled.models import build
+from unrolled import ops, solvers
+from unrolled.models import MODELS, build
 from unrolled.models.design_space import dense_gates, extra_connections, lfista_gates, lista_gates
 from unrolled.problem import Problem, ProblemSpec
 
@@ -72,10 +71,10 @@ def test_tilista_at_init_is_ista_with_scale(problem, y):
 
 def test_lista_cpss_and_tilista_agree_at_init(problem, y):
     """Both are the ISTA step with percentage support selection before training."""
-    cfg = {"K": K, "lam": LAM, "ss_p": 5.0, "ss_pmax": 20.0}
+    cfg = {"K": K, "lam": LAM, "ss.p": 5.0, "ss.p_max": 20.0}
     a = build("lista-cpss", problem, cfg, F64)
     b = build("tilista", problem, cfg, F64)
-    assert a.config.ss == b.config.ss == "percentage" and sum(a.keep) > 0
+    assert a.config.ss.mode == b.config.ss.mode == "percentage" and any(a.cuts)
     assert_iterates(a, y, b(y, all_layers=True))
 
 
@@ -121,7 +120,7 @@ def test_lwa_with_fista_pattern_and_momentum_weights_is_fista(problem, y):
     s = 1.0
     with torch.no_grad():
         for k, p in enumerate(model.layers):
-            s, m = F.fista_momentum(s)
+            s, m = ops.fista_momentum(s)
             p.c[-1] = 1 + m
             if k >= 2:
                 p.c[0] = -m  # sources of row k are [k - 1, k]; row 1's x^(0) = 0 link is absent
@@ -159,7 +158,7 @@ def test_na_alista_with_constant_head_is_alista(ss, problem, y):
     gamma, theta = 0.9, 0.05
     alista = build("alista", problem, {"K": K, "ss": ss, "gamma0": gamma, "theta0": theta}, F64)
     na = build("na-alista", problem, {"K": K, "ss": ss, "H": 5}, F64)
-    assert na.keep == alista.keep and torch.equal(na.W, alista.W)
+    assert na.cuts == alista.cuts and torch.equal(na.W, alista.W)
 
     def constant(t, features, ctx):
         one = features.new_ones(features.shape[0], 1)
@@ -173,7 +172,7 @@ def test_na_alista_normalisation_is_saved_and_calibrated(problem):
     model = build("na-alista", problem, {"K": K, "H": 4}, F64)
     assert "feature_scale" in model.state_dict()
     _, y0 = problem.sample(1024, torch.Generator().manual_seed(12345), F64)
-    feats = model.features(y0, y0 @ model.W) / model.feature_scale  # inputs of layer 1 (x = 0)
+    feats = torch.stack([y0.abs().sum(-1), (y0 @ model.W).abs().sum(-1)], 1) / model.feature_scale  # layer 1's inputs
     assert torch.allclose(feats.mean(0), torch.ones(2, dtype=F64), atol=1e-12)
     assert list(model.layer_parameters(1)) == list(model.parameters())
     assert all(model.layer_parameters(t) == [] for t in range(2, K + 1))
@@ -191,12 +190,12 @@ def test_bg_denoiser_is_the_posterior_mean_and_its_derivative():
 
     p1, p0 = eps * pdf(var + tau2), (1 - eps) * pdf(tau2)
     direct = p1 / (p0 + p1) * r * var / (var + tau2)  # E[x | r] from the two Gaussian likelihoods
-    x, dx = F.bg_denoise(r, tau2, eps, var)
+    x, dx = ops.bg_denoise(r, tau2, eps, var)
     assert torch.allclose(x, direct, atol=ATOL, rtol=0)
     grad = torch.autograd.grad(x.sum(), r)[0]
     assert float(dx.detach()) == pytest.approx(float(grad.mean()), abs=ATOL)
-    x_soft, d_soft = F.soft_denoise(r, tau2, 1.5)
-    assert torch.equal(x_soft, F.soft_threshold(r, 1.5 * tau2.sqrt()))
+    x_soft, d_soft = ops.soft_denoise(r, tau2, 1.5)
+    assert torch.equal(x_soft, ops.soft_threshold(r, 1.5 * tau2.sqrt()))
     assert float(d_soft) == pytest.approx(float((r.abs() > 1.5 * tau2.sqrt()).double().mean()))
 
 
@@ -238,40 +237,47 @@ def test_amp_reaches_the_support_oracle():
     assert got < floor + 1.0 and got < ista - 20, (got, floor, ista)
 
 
+BACKENDS = ["reference", "torch"] + (["numba"] if ops.numba_available() else [])
+
+
 @pytest.mark.parametrize("inputs", ["both", "u"])
-def test_na_alista_cell_equals_torch_lstm_cell(inputs):
-    # NA-ALISTA computes nn.LSTMCell's update itself (fewer passes over the gates); float64.
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_na_alista_cell_equals_torch_lstm_cell(inputs, backend):
+    # The ops compute nn.LSTMCell's update (the fast paths in fewer passes over the gates); float64.
     problem = Problem(ProblemSpec(m=13, n=29, p=0.1, snr=40, seed=2))
     model = build("na-alista", problem, {"K": 3, "H": 7, "inputs": inputs}, dtype=torch.float64)
+    cell = model.cell
     g = torch.Generator().manual_seed(0)
     inp, h, c = (torch.randn(5, k, generator=g, dtype=torch.float64) for k in (2 if inputs == "both" else 1, 7, 7))
-    for enabled in (True, False):  # the forward kernel and the PyTorch form
-        kernels.ENABLED = enabled
-        try:
-            got = model.lstm(inp, (h, c))
-        finally:
-            kernels.ENABLED = True
-        for a, b in zip(got, model.cell(inp, (h, c)), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    model32, args32 = model.float(), [v.float() for v in (inp, h, c)]  # float32: the kernels' exp is a polynomial
-    for a, b in zip(model32.lstm(args32[0], args32[1:]), model32.cell(args32[0], args32[1:]), strict=True):
+
+    def ours(inp, state):
+        with ops.backend(backend):
+            return ops.lstm_cell(inp, *state, ops.lstm_weights(cell.weight_ih, cell.weight_hh, cell.bias_ih,
+                                                                cell.bias_hh))
+
+    for a, b in zip(ours(inp, (h, c)), cell(inp, (h, c)), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    model.float()
+    args32 = [v.float() for v in (inp, h, c)]  # float32: the kernels' exp is a polynomial
+    for a, b in zip(ours(args32[0], args32[1:]), cell(args32[0], args32[1:]), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     model.double()
-    # ... and so are the gradients of the hand-written backward, kernel and PyTorch forms
+    # ... and so are the gradients of the hand-written backward
     dh, dc = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
 
-    def grads(cell):
+    def grads(fn):
         leaves = [v.clone().requires_grad_() for v in (inp, h, c)]
-        out_h, out_c = cell(leaves[0], (leaves[1], leaves[2]))
-        params = list(model.cell.parameters())
-        return torch.autograd.grad((out_h * dh).sum() + (out_c * dc).sum(), leaves + params)
+        out_h, out_c = fn(leaves[0], (leaves[1], leaves[2]))
+        return torch.autograd.grad((out_h * dh).sum() + (out_c * dc).sum(), leaves + list(cell.parameters()))
 
-    want = grads(model.cell)
-    for enabled in (True, False):
-        kernels.ENABLED = enabled
-        try:
-            got = grads(model.lstm)
-        finally:
-            kernels.ENABLED = True
-        for a, b in zip(got, want, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for a, b in zip(grads(ours), grads(cell), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_at_init_equals_what_it_reduces_to(name, problem, y):
+    """The registry-wide form of the tests above: each model's declared twin (``reduces_to``)."""
+    model = build(name, problem, {"K": K, "lam": LAM}, F64)
+    assert MODELS[name].reduces_to, f"{name} does not say what it reduces to at initialisation"
+    with torch.no_grad():
+        assert_iterates(model, y, model.initial_twin(y))

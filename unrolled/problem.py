@@ -34,6 +34,7 @@ import torch
 
 from .errors import UsageError, check, choice
 from .io import atomic_write, load_matrix
+from .ops.reference import lipschitz
 
 MATRICES = ("gaussian", "lowrank", "file")
 SIGNALS = ("bernoulli", "fixed", "gamma")
@@ -148,6 +149,7 @@ class Problem:
         check(bool((np.linalg.norm(A, axis=0) > 0).all()), "A has a zero column; every column must be non-zero")
         self.A = torch.from_numpy(A)
         self._sets: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._L: float | None = None
 
     @property
     def m(self) -> int:
@@ -159,8 +161,10 @@ class Problem:
 
     @property
     def L(self) -> float:
-        """``||A||_2^2``, the Lipschitz constant of the least-squares gradient."""
-        return float(torch.linalg.matrix_norm(self.A, ord=2) ** 2)
+        """``||A||_2^2`` (computed once per problem)."""
+        if self._L is None:
+            self._L = lipschitz(self.A)
+        return self._L
 
     def sample_x(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """Signals ``(batch, n)`` in float64."""

@@ -2,7 +2,8 @@
 
 Each solver is a generator yielding the iterates ``x_0 = 0, x_1, ..., x_K`` (each
 ``(batch, n)``), so per-iteration metrics never need all iterates in memory. ISTA and
-FISTA call the same :func:`~unrolled.functional.pgd_step` as their unrolled networks.
+FISTA call the same :func:`~unrolled.ops.pgd_step` as their unrolled networks, and
+:func:`proximal_gradient` is the classical iteration every ALISTA-type network starts as.
 """
 
 from __future__ import annotations
@@ -13,37 +14,44 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from . import functional as F
+from . import ops
 from .errors import check, choice
+from .ops import Cut, lipschitz
 
 Solver = Callable[..., Iterator[Tensor]]
+__all__ = ["SOLVERS", "fista", "get_solver", "ista", "ista_backtracking", "lipschitz", "oista", "proximal_gradient",
+           "tune_lambda"]
 
 
-def lipschitz(A: Tensor) -> float:
-    """``L = ||A||_2^2``."""
-    return float(torch.linalg.matrix_norm(A.to(torch.float64), ord=2) ** 2)
-
-
-def ista(A: Tensor, y: Tensor, lam: float, iters: int, L: float | None = None) -> Iterator[Tensor]:
-    """``x <- eta_{lam/L}(x + A^T (y - A x) / L)``."""
-    L = lipschitz(A) if L is None else L
+def proximal_gradient(A: Tensor, y: Tensor, W: Tensor, gamma: float, theta: float, iters: int,
+                      cuts: list[Cut | None] | None = None, eps: float | None = None) -> Iterator[Tensor]:
+    """``x <- shrink(x + gamma W^T (y - A x), theta)`` with fixed ``gamma`` and ``theta``; ``cuts[t - 1]``
+    is iteration t's support selection and ``eps`` ALISTA-AT's adaptive threshold (both optional)."""
     x = y.new_zeros(y.shape[0], A.shape[1])
     yield x
-    for _ in range(iters):
-        x = F.pgd_step(x, y, A, A, 1 / L, lam / L)
+    for t in range(iters):
+        x = ops.pgd_step(x, y, A, W, gamma, theta, cuts[t] if cuts else None, eps)
         yield x
 
 
-def fista(A: Tensor, y: Tensor, lam: float, iters: int, L: float | None = None) -> Iterator[Tensor]:
+def ista(A: Tensor, y: Tensor, lam: float, iters: int, L: float | None = None,
+         cuts: list[Cut | None] | None = None) -> Iterator[Tensor]:
+    """``x <- eta_{lam/L}(x + A^T (y - A x) / L)``."""
+    L = lipschitz(A) if L is None else L
+    return proximal_gradient(A, y, A, 1 / L, lam / L, iters, cuts)
+
+
+def fista(A: Tensor, y: Tensor, lam: float, iters: int, L: float | None = None,
+          cuts: list[Cut | None] | None = None) -> Iterator[Tensor]:
     """ISTA step at the momentum point ``z = x_k + (t_k - 1)/t_{k+1} (x_k - x_{k-1})``."""
     L = lipschitz(A) if L is None else L
     x = y.new_zeros(y.shape[0], A.shape[1])
     x_prev, t = x, 1.0
     yield x
-    for _ in range(iters):
-        t, beta = F.fista_momentum(t)
+    for k in range(iters):
+        t, beta = ops.fista_momentum(t)
         z = x + beta * (x - x_prev)
-        x_prev, x = x, F.pgd_step(z, y, A, A, 1 / L, lam / L)
+        x_prev, x = x, ops.pgd_step(z, y, A, A, 1 / L, lam / L, cuts[k] if cuts else None)
         yield x
 
 
@@ -77,10 +85,10 @@ def oista(A: Tensor, y: Tensor, lam: float, iters: int, L: float | None = None,
         floor = (S * col2).amax(1, keepdim=True)  # ||A_S||^2 >= max_{i in S} ||a_i||^2
         LS = torch.where(S.any(1, keepdim=True), torch.maximum(1.001 * LS, floor), torch.full_like(LS, L))
         LS = LS.clamp(max=L)
-        z = F.gradient_step(x, y, A, A, 1 / LS)
-        x_fast = F.soft_threshold(z, lam / LS)
+        z = ops.gradient_step(x, y, A, A, 1 / LS)
+        x_fast = ops.soft_threshold(z, lam / LS)
         ok = ((x_fast != 0) & ~S).sum(1, keepdim=True) == 0
-        x = torch.where(ok, x_fast, F.pgd_step(x, y, A, A, 1 / L, lam / L))
+        x = torch.where(ok, x_fast, ops.pgd_step(x, y, A, A, 1 / L, lam / L))
         yield x
 
 
@@ -102,7 +110,7 @@ def ista_backtracking(A: Tensor, y: Tensor, lam: float, iters: int, L: float | N
         fx = 0.5 * (r * r).sum(1, keepdim=True)
         grad = -(r @ A)
         for _ in range(max_tries):
-            p = F.soft_threshold(x - grad / Lk, lam / Lk)
+            p = ops.soft_threshold(x - grad / Lk, lam / Lk)
             d = p - x
             rp = y - p @ A.T
             ok = 0.5 * (rp * rp).sum(1, keepdim=True) <= fx + (grad * d).sum(1, keepdim=True) \

@@ -1,7 +1,7 @@
 """ALISTA and its thresholding variants: analytic W, a few learned scalars per layer.
 
 * ``alista`` (Liu et al., ICLR 2019): ``x <- ss(x + gamma_t W^T (y - A x), theta_t)``, W from
-  SPEC §4, ``gamma = 1``, ``theta = lam / (1.001 L)`` at initialisation.
+  docs/spec.md §4, ``gamma = 1``, ``theta = lam / (1.001 L)`` at initialisation.
 * ``alista-at`` (adaptive thresholds, Kim & Park 2020 as in the NA-ALISTA code): the same
   step with per-entry ``theta_{t,i} = theta_t / (|x_i| / eps + 1)`` from the current iterate.
 * ``aglista`` (Wu et al., ICLR 2020): gain gate ``g = 1 + theta_{t-1} nu_t exp(-v_t |x|)``,
@@ -16,28 +16,30 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
-from ..analytic import analytic_weights
+from .. import ops, solvers
+from ..analytic import METHODS, analytic_weights
 from ..errors import choice
-from .base import Config, UnrolledNet, layer, register
+from ..ops import Selection
+from .base import Config, UnrolledNet, layer, register, selection
 
 
 @dataclass
 class AlistaConfig(Config):
-    ss: str = "percentage"
-    weights: str = "closed-form"  # closed-form | pgd  (analytic W, SPEC §4)
+    ss: Selection = selection("percentage")
+    weights: str = "closed-form"  # closed-form | pgd  (analytic W, docs/spec.md §4)
     gamma0: float = 1.0
     theta0: float | None = None  # None: lam / (1.001 L)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choice(self.weights, ("closed-form", "pgd"), "weights method")
+        choice(self.weights, METHODS, "weights method")
 
 
 class AnalyticNet(UnrolledNet):
     """Base of the ALISTA family: the analytic W as a buffer."""
 
     Config = AlistaConfig
+    reduces_to = "the proximal-gradient iteration with the analytic W, gamma = gamma0, theta = theta0"
 
     def __init__(self, problem, config: AlistaConfig) -> None:
         super().__init__(problem, config)
@@ -46,6 +48,11 @@ class AnalyticNet(UnrolledNet):
     def theta0(self) -> float:
         c = self.config
         return c.lam / self.scale if c.theta0 is None else c.theta0
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        eps = getattr(self.config, "eps", None)
+        return list(solvers.proximal_gradient(self.A, y, self.W, self.config.gamma0, self.theta0(), self.K, self.cuts,
+                                              eps))
 
 
 @register("alista")
@@ -58,7 +65,7 @@ class ALISTA(AnalyticNet):
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
-        return F.pgd_step(x, y, self.A, self.W, p.gamma, p.theta, self.keep[t - 1], self.with_theta)
+        return ops.pgd_step(x, y, self.A, self.W, p.gamma, p.theta, self.cuts[t - 1])
 
 
 @dataclass
@@ -76,8 +83,7 @@ class ALISTA_AT(ALISTA):
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
-        return F.pgd_step(x, y, self.A, self.W, p.gamma, p.theta, self.keep[t - 1], self.with_theta,
-                          eps=self.config.eps)
+        return ops.pgd_step(x, y, self.A, self.W, p.gamma, p.theta, self.cuts[t - 1], eps=self.config.eps)
 
 
 @dataclass
@@ -95,6 +101,7 @@ class AGLISTA(AnalyticNet):
     """ALISTA with gain and overshoot gates (per layer gamma, theta, nu, v, a; shared theta_init)."""
 
     Config = AglistaConfig
+    reduces_to = "AGLISTA's gated iteration with the initial constants (gamma0, theta0, nu0, v0, a0, theta_init)"
 
     def __init__(self, problem, config: AglistaConfig) -> None:
         super().__init__(problem, config)
@@ -106,5 +113,16 @@ class AGLISTA(AnalyticNet):
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
         theta_prev = self.theta_init if t == 1 else self.layers[t - 2].theta
-        return F.gated_step(x, y, self.A, self.W, theta_prev * p.nu, p.v, p.gamma, p.theta, p.a,
-                            self.keep[t - 1], self.with_theta)
+        return ops.gated_step(x, y, self.A, self.W, theta_prev * p.nu, p.v, p.gamma, p.theta, p.a, self.cuts[t - 1])
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        c, x = self.config, y.new_zeros(y.shape[0], self.n)
+        const = {k: torch.tensor(v, dtype=y.dtype) for k, v in dict(gamma=c.gamma0, theta=self.theta0(), nu=c.nu0,
+                                                                  v=c.v0, a=c.a0, first=c.theta_init).items()}
+        outs = [x]
+        for t in range(1, self.K + 1):
+            theta_prev = const["first"] if t == 1 else const["theta"]
+            x = ops.reference.gated_step(x, y, self.A, self.W, theta_prev * const["nu"], const["v"], const["gamma"],
+                                         const["theta"], const["a"], self.cuts[t - 1])
+            outs.append(x)
+        return outs

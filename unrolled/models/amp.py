@@ -24,8 +24,9 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
+from .. import ops
 from ..errors import check, choice
+from ..problem import Problem
 from .base import Config, UnrolledNet, layer, register
 
 DENOISERS = ("bg", "soft")
@@ -42,7 +43,7 @@ class AmpConfig(Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         choice(self.denoiser, DENOISERS, "denoiser")
-        check(self.ss == "none", f"ss={self.ss!r}: AMP's denoiser selects the support itself; use ss=none")
+        check(self.ss.mode == "none", f"ss={self.ss.mode!r}: AMP's denoiser selects the support itself; use ss=none")
         check(self.p is None or 0 < self.p < 1, f"p={self.p} must be in (0, 1)")
         check(self.var > 0 and self.alpha >= 0, "var must be > 0 and alpha >= 0")
 
@@ -61,6 +62,7 @@ class AMP(UnrolledNet):
     """K AMP iterations with a fixed denoiser; no trainable parameter."""
 
     Config = AmpConfig
+    reduces_to = "AMP with the config's fixed denoiser (Donoho, Maleki & Montanari 2009)"
 
     def __init__(self, problem, config: AmpConfig) -> None:
         super().__init__(problem, config)
@@ -68,15 +70,34 @@ class AMP(UnrolledNet):
         check(config.denoiser != "bg" or 0 < self.p < 1,
               f"the Bernoulli-Gaussian prior needs 0 < p < 1 (the problem has p={self.p}); set p or denoiser=soft")
 
+    @classmethod
+    def skip(cls, problem: Problem, config: AmpConfig | None = None) -> tuple[bool, str]:
+        config = config or cls.Config()
+        p = problem.spec.p if config.p is None else config.p
+        if config.denoiser == "bg" and (problem.spec.signal == "gamma" or not 0 < p < 1):
+            return True, "the Bernoulli-Gaussian prior does not fit signals without zero entries (use denoiser=soft)"
+        return False, ""
+
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         ctx.update(v=torch.zeros_like(y), b=0.0)
         return super().begin(y, ctx)
 
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        c = self.config
+        denoise = (partial(ops.bg_denoise, eps=self.p, var=c.var) if c.denoiser == "bg"
+                   else partial(ops.soft_denoise, alpha=c.alpha))
+        x, v, onsager, outs = y.new_zeros(y.shape[0], self.n), torch.zeros_like(y), 0.0, []
+        outs.append(x)
+        for _ in range(self.K):
+            x, v, onsager = ops.amp_step(x, v, onsager, y, self.A, self.A, denoise)
+            outs.append(x)
+        return outs
+
     def denoiser(self, t: int):
         c = self.config
         if c.denoiser == "bg":
-            return partial(F.bg_denoise, eps=self.p, var=c.var)
-        return partial(F.soft_denoise, alpha=c.alpha)
+            return partial(ops.bg_denoise, eps=self.p, var=c.var)
+        return partial(ops.soft_denoise, alpha=c.alpha)
 
     def matrix(self, t: int) -> Tensor:
         return self.A
@@ -85,7 +106,7 @@ class AMP(UnrolledNet):
         return 1.0
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
-        x, ctx["v"], ctx["b"] = F.amp_step(x, ctx["v"], ctx["b"], y, self.A, self.matrix(t), self.denoiser(t),
+        x, ctx["v"], ctx["b"] = ops.amp_step(x, ctx["v"], ctx["b"], y, self.A, self.matrix(t), self.denoiser(t),
                                            self.gain(t))
         return x
 
@@ -95,6 +116,7 @@ class LAMP(AMP):
     """AMP with a learned ``B`` and learned per-layer denoiser parameters (initialised at AMP)."""
 
     Config = LampConfig
+    reduces_to = "AMP with the same denoiser (the learned parameters start at AMP's)"
 
     def __init__(self, problem, config: LampConfig) -> None:
         super().__init__(problem, config)
@@ -111,8 +133,8 @@ class LAMP(AMP):
     def denoiser(self, t: int):
         q = self.layers[t - 1]
         if self.config.denoiser == "bg":
-            return partial(F.bg_denoise, eps=torch.sigmoid(q.logit_p), var=q.log_var.exp())
-        return partial(F.soft_denoise, alpha=q.alpha)
+            return partial(ops.bg_denoise, eps=torch.sigmoid(q.logit_p), var=q.log_var.exp())
+        return partial(ops.soft_denoise, alpha=q.alpha)
 
     def matrix(self, t: int) -> Tensor:
         c = self.config.matrix

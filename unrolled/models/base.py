@@ -4,7 +4,12 @@ A model is a :class:`UnrolledNet`: ``A`` (and ``W`` where used) are buffers, the
 parameters new in layer ``t`` live in ``self.layers[t - 1]`` and everything outside
 ``self.layers`` is shared and trained with layer 1 (:meth:`UnrolledNet.layer_parameters`).
 A family subclasses it, defines ``Config`` (a dataclass) and :meth:`step`, and registers
-itself with :func:`register`; that alone enrols it in the CLI, tests and benchmarks.
+itself with :func:`register` in its own file under ``unrolled/models/``: the package imports
+every module it finds there (:func:`unrolled.models.discover`), so that alone enrols it in the
+CLI, the contract, oracle and equivalence tests, and the benchmarks. It also declares
+:meth:`UnrolledNet.products` (its matrix products, for the FLOP counts of the benchmarks),
+:meth:`UnrolledNet.skip` (problems it cannot serve) and, in ``reduces_to`` and
+:meth:`UnrolledNet.initial_twin`, the classical algorithm it equals at initialisation.
 """
 
 from __future__ import annotations
@@ -13,35 +18,68 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .. import functional as F
+from .. import ops
 from ..errors import UsageError, check, choice
+from ..ops import Cut, Selection
 from ..problem import Problem
+
+
+def selection(mode: str = "none", **fields: Any) -> Any:
+    """A config field holding a :class:`~unrolled.ops.Selection` whose default mode is ``mode``."""
+    return field(default_factory=lambda: Selection(mode, **fields))
 
 
 @dataclass
 class Config:
-    """Fields every model has: depth, support selection and the initial lambda."""
+    """Fields every model has: depth, support selection (docs/spec.md §5) and the initial lambda.
+
+    ``ss`` may be given as a :class:`~unrolled.ops.Selection`, a mode name or a dict of its fields.
+    """
 
     K: int = 16
-    ss: str = "none"  # none | percentage | count (SPEC §5)
-    ss_p: float = 1.2  # percentage form: q_t = min(ss_p * t, ss_pmax) percent of n
-    ss_pmax: float = 13.0
-    ss_theta: bool | None = None  # also require |z| > theta to bypass; None: the form's default
-    ss_ramp: float = 1.0  # count form: fraction of the layers over which p_k grows to 1.2 s
+    ss: Selection = selection("none")
     lam: float = 0.4  # initial theta = lam / (1.001 L) where the literature does so
 
     def __post_init__(self) -> None:
         check(isinstance(self.K, int) and self.K >= 1, f"K={self.K} must be an integer >= 1")
-        choice(self.ss, F.SUPPORT_MODES, "support selection")
-        check(self.ss_p >= 0 and self.ss_pmax >= 0, "ss_p and ss_pmax must be >= 0")
-        check(0 < self.ss_ramp <= 1, f"ss_ramp={self.ss_ramp} must be in (0, 1]")
+        if not isinstance(self.ss, Selection):
+            self.ss = _selection(type(self), self.ss, {})
         check(self.lam >= 0, f"lam={self.lam} must be >= 0")
+
+
+LEGACY_SS = {"ss_p": "p", "ss_pmax": "p_max", "ss_theta": "theta", "ss_ramp": "ramp"}  # run configs before 0.2
+SS_FIELDS = tuple(f.name for f in dataclasses.fields(Selection))
+
+
+def _default_selection(cls: type) -> Selection:
+    f = {f.name: f for f in dataclasses.fields(cls)}["ss"]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else Selection()
+
+
+def _selection(cls: type, value: Any, changes: dict[str, Any]) -> Selection:
+    """``cls``'s default selection with ``value`` (a mode, a dict or a Selection), then the ``ss.FIELD`` ``changes``."""
+    if isinstance(value, Selection):
+        base = value
+    else:
+        base = _default_selection(cls)
+        if isinstance(value, str):
+            base = base.replace(mode=value)
+        elif isinstance(value, dict):
+            changes = {**value, **changes}
+        elif value is not None:
+            raise UsageError(f"ss={value!r} must be a support-selection mode ({', '.join(ops.selection.MODES)}) "
+                             f"or a table of its fields ({', '.join(SS_FIELDS)})")
+    unknown = sorted(set(changes) - set(SS_FIELDS))
+    check(not unknown, f"unknown support-selection field(s) {', '.join('ss.' + k for k in unknown)}; "
+                       f"valid: {', '.join('ss.' + k for k in SS_FIELDS)}")
+    hints = typing.get_type_hints(Selection)
+    return base.replace(**{k: _coerce(v, hints[k], f"ss.{k}") for k, v in changes.items()})
 
 
 def config_fields(cls: type) -> dict[str, Any]:
@@ -80,24 +118,44 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
 
 
 def make_config(cls: type, overrides: dict[str, Any] | None = None) -> Any:
-    """Build ``cls`` from defaults and ``overrides``; an unknown key lists the valid ones."""
+    """Build ``cls`` from defaults and ``overrides``; an unknown key lists the valid ones.
+
+    Support selection: ``ss`` (a mode, a dict or a Selection) and ``ss.FIELD`` keys (``ss.ramp=0.5``);
+    the flat keys of older run configs (``ss_ramp``, ...) are read as the same fields.
+    """
     overrides = dict(overrides or {})
+    ss_changes = {k[3:]: overrides.pop(k) for k in list(overrides) if k.startswith("ss.")}
+    ss_changes.update({LEGACY_SS[k]: overrides.pop(k) for k in list(overrides) if k in LEGACY_SS})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - set(fields))
     check(not unknown, f"unknown config field(s) {', '.join(unknown)} for {cls.__qualname__}; "
-                       f"valid: {', '.join(fields)}")
+                       f"valid: {', '.join(fields)} (and ss.FIELD for {', '.join(SS_FIELDS)})")
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(v, hints[k], k) for k, v in overrides.items()})
+    values = {k: _coerce(v, hints[k], k) for k, v in overrides.items() if k != "ss"}
+    if "ss" in overrides or ss_changes:
+        values["ss"] = _selection(cls, overrides.get("ss"), ss_changes)
+    return cls(**values)
 
 
 BLOCK_BYTES = 2 ** 21  # one (rows x n) iterate of a CPU block: 2 MiB, a few of them fit the L2/L3 caches
 
 
 def block_rows(n: int, y: Tensor) -> int:
-    """Samples per block of a forward pass: all of them with autograd or off the CPU, else ``BLOCK_BYTES`` worth."""
-    if torch.is_grad_enabled() or y.device.type != "cpu":
+    """Samples per block of a forward pass: ``BLOCK_BYTES`` worth in inference on the CPU with a fast
+    backend; all of them with autograd, off the CPU or with the reference backend."""
+    if torch.is_grad_enabled() or y.device.type != "cpu" or ops.active() == "reference":
         return y.shape[0]
     return max(1, BLOCK_BYTES // (n * y.element_size()))
+
+
+class Product(NamedTuple):
+    """``count`` matrix products of a forward pass, each ``(1 x inner) @ (inner x outer)`` per sample;
+    ``trained``: the matrix is a parameter (its backward also forms the weight's gradient)."""
+
+    count: int
+    inner: int
+    outer: int
+    trained: bool = False
 
 
 class UnrolledNet(nn.Module):
@@ -109,6 +167,7 @@ class UnrolledNet(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = Config
+    reduces_to: ClassVar[str] = ""  # the algorithm it equals at initialisation (see initial_twin)
 
     def __init__(self, problem: Problem, config: Config) -> None:
         super().__init__()
@@ -117,7 +176,7 @@ class UnrolledNet(nn.Module):
         self.register_buffer("A", problem.A.clone())
         self.L = problem.L
         self.scale = 1.001 * self.L
-        self.keep, self.with_theta = support_schedule(config, problem)
+        self.cuts: list[Cut | None] = config.ss.cuts(config.K, problem.n, problem.spec.sparsity)
         self.layers = nn.ModuleList()
 
     @property
@@ -163,7 +222,36 @@ class UnrolledNet(nn.Module):
 
     def shrink(self, t: int, z: Tensor, theta: Tensor | float) -> Tensor:
         """Soft threshold with this model's support selection at layer ``t``."""
-        return F.shrink(z, theta, self.keep[t - 1], self.with_theta)
+        return ops.shrink(z, theta, self.cuts[t - 1])
+
+    @classmethod
+    def skip(cls, problem: Problem, config: Config | None = None) -> tuple[bool, str]:
+        """``(True, reason)`` if this model cannot serve ``problem`` (with ``config``), else ``(False, "")``."""
+        return False, ""
+
+    def products(self) -> list[Product]:
+        """The matrix products of one forward pass; default: a gradient step per layer, ``x A^T`` and
+        ``r W`` with fixed matrices."""
+        return [Product(2 * self.K, self.m, self.n)]
+
+    def flops(self, batch: int, backward: bool = False) -> float:
+        """Matrix-product FLOPs of a forward pass of ``batch`` samples (a multiply-add is 2), with
+        ``backward`` of a training step: a product's backward costs one more product for the input's
+        gradient and one for a trained matrix's. Element-wise work is not counted."""
+        total = 0.0
+        for p in self.products():
+            passes = 1 + (1 + p.trained if backward else 0)
+            total += 2.0 * batch * p.count * p.inner * p.outer * passes
+        return total
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        """The iterates ``[x_0, ..., x_K]`` of :attr:`reduces_to` on ``y``, which this network equals at
+        initialisation (tests/test_models_equivalence.py runs it for every registered model)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no initial twin")
+
+    def __prepare_scriptable__(self):
+        raise UsageError("TorchScript cannot compile an unrolled model (Python control flow over layers); "
+                         "use torch.jit.trace, torch.export or ONNX, which record the reference maths")
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters outside the per-layer modules (tied weights, NA-ALISTA's LSTM): used by every layer."""
@@ -175,28 +263,6 @@ class UnrolledNet(nn.Module):
         check(1 <= t <= self.K, f"layer {t} is outside 1..{self.K}")
         own = list(self.layers[t - 1].parameters()) if len(self.layers) else []
         return self.shared_parameters() + own if t == 1 else own
-
-    def extra_state_tensors(self) -> dict[str, Tensor]:
-        """Non-parameter tensors that a checkpoint must keep (buffers are in state_dict)."""
-        return {}
-
-
-def support_schedule(config: Config, problem: Problem) -> tuple[list[int], bool]:
-    """Per-layer number of entries that bypass the shrinkage, and whether ``|z| > theta`` is required.
-
-    Percentage form: ``percentage_keep`` of ``n`` with ``q_t = min(ss_p t, ss_pmax)``.
-    Count form: entries strictly above the ``p_k``-th largest, so ``p_k - 1`` pass,
-    with ``p_k`` from the expected sparsity ``s = p n``. ``ss_theta`` overrides whether
-    ``|z| > theta`` is also required (default: yes for percentage, no for count).
-    """
-    K, n = config.K, problem.n
-    if config.ss == "percentage":
-        keep = [F.percentage_keep(t, n, config.ss_p, config.ss_pmax) for t in range(1, K + 1)]
-        return keep, True if config.ss_theta is None else config.ss_theta
-    if config.ss == "count":
-        keep = [max(0, pk - 1) for pk in F.count_schedule(problem.spec.sparsity, K, config.ss_ramp)]
-        return keep, False if config.ss_theta is None else config.ss_theta
-    return [0] * K, True
 
 
 def layer(**values: float | Tensor) -> nn.Module:

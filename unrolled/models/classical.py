@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .. import functional as F
+from .. import ops, solvers
 from ..errors import check
 from .base import Config, UnrolledNet, register
 
@@ -30,19 +30,24 @@ class ISTANet(UnrolledNet):
     """K ISTA iterations with fixed ``lam``; no trainable parameter."""
 
     Config = ClassicalConfig
+    reduces_to = "ISTA (unrolled.solvers.ista)"
 
     def __init__(self, problem, config: ClassicalConfig) -> None:
         super().__init__(problem, config)
         self.step_L = self.L if config.L is None else config.L
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
-        return F.pgd_step(x, y, self.A, self.A, 1 / self.step_L, self.config.lam / self.step_L,
-                          self.keep[t - 1], self.with_theta)
+        return ops.pgd_step(x, y, self.A, self.A, 1 / self.step_L, self.config.lam / self.step_L, self.cuts[t - 1])
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        return list(solvers.ista(self.A, y, self.config.lam, self.K, L=self.step_L, cuts=self.cuts))
 
 
 @register("fista")
 class FISTANet(ISTANet):
     """K FISTA iterations with fixed ``lam``; no trainable parameter."""
+
+    reduces_to = "FISTA (unrolled.solvers.fista)"
 
     def begin(self, y: Tensor, ctx: dict) -> Tensor:
         x = super().begin(y, ctx)
@@ -50,7 +55,10 @@ class FISTANet(ISTANet):
         return x
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
-        ctx["t"], beta = F.fista_momentum(ctx["t"])
+        ctx["t"], beta = ops.fista_momentum(ctx["t"])
         z = x + beta * (x - ctx["x_prev"])
         ctx["x_prev"] = x
         return super().step(t, z, y, ctx)
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        return list(solvers.fista(self.A, y, self.config.lam, self.K, L=self.step_L, cuts=self.cuts))

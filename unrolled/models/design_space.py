@@ -1,5 +1,5 @@
 """The LISTA design space (Meng, Chen, Jiang & Wang, "A Design Space Study for LISTA and
-Beyond", ICLR 2021), SPEC §8: tied LISTA plus gated extra connections and per-layer neurons.
+Beyond", ICLR 2021), docs/spec.md §8: tied LISTA plus gated extra connections and per-layer neurons.
 
 Base layer (paper eq. 4, here with 1-based layer ``t = k + 1``)::
 
@@ -43,8 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import ops
 from ..errors import UsageError, check, choice
-from .base import Config, UnrolledNet, layer, register
+from ..problem import Problem
+from .base import Config, Product, UnrolledNet, layer, register
 
 NEURONS = ("soft", "relu", "leaky")
 INJECTIONS = ("lwa", "naive", "momentum")
@@ -146,6 +148,7 @@ class LWA(UnrolledNet):
     """``x^(k+1) = sigma_k(W_b y + alpha_k W_x x~^(k))`` with gated extra connections (see module doc)."""
 
     Config = LwaConfig
+    reduces_to = "ISTA with step 1/L and the layers' neurons (naive injection: at the mean of the gated iterates)"
 
     def __init__(self, problem, config: LwaConfig) -> None:
         super().__init__(problem, config)
@@ -201,6 +204,30 @@ class LWA(UnrolledNet):
         if neuron == "relu":
             return torch.relu(z - p.theta)
         return nn.functional.leaky_relu(z - p.theta, LEAKY_SLOPE)
+
+    @classmethod
+    def skip(cls, problem: Problem, config: LwaConfig | None = None) -> tuple[bool, str]:
+        config = config or cls.Config()
+        if config.ss.mode != "none" and any(k != "soft" for k in parse_neurons(config.neurons, config.K)):
+            return True, "support selection has no shrinkage to bypass in ReLU and LeakyReLU layers"
+        return False, ""
+
+    def products(self) -> list[Product]:
+        extra = extra_connections(self.config.gates) if self.config.injection == "momentum" else 0
+        return [Product(1, self.m, self.n, True), Product(self.K + extra, self.n, self.n, True)]
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        x, theta, outs = y.new_zeros(y.shape[0], self.n), self.config.lam / self.L, []
+        outs.append(x)
+        for k in range(self.K):
+            src = self.sources[k]
+            xt = sum(outs[i] for i in src) / len(src) if self.config.injection == "naive" else x
+            z = ops.gradient_step(xt, y, self.A, self.A, 1 / self.L)
+            neuron = self.neurons[k]
+            x = (ops.shrink(z, theta, self.cuts[k]) if neuron == "soft" else torch.relu(z - theta) if neuron == "relu"
+                 else nn.functional.leaky_relu(z - theta, LEAKY_SLOPE))
+            outs.append(x)
+        return outs
 
 
 @register("dense-lista")

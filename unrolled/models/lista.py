@@ -1,4 +1,4 @@
-"""LISTA (Gregor & LeCun, ICML 2010), parametrised as in Chen et al. (NeurIPS 2018), SPEC §6.
+"""LISTA (Gregor & LeCun, ICML 2010), parametrised as in Chen et al. (NeurIPS 2018), docs/spec.md §6.
 
 ``x_t = eta_{theta_t}(W_t x_{t-1} + B y)``, ``x_0 = 0``, with ``B: (n, m)`` shared and
 ``W_t: (n, n)`` per layer (untied) or one ``W`` for all layers (``tied=True``).
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .base import Config, UnrolledNet, layer, register
+from .. import solvers
+from .base import Config, Product, UnrolledNet, layer, register
 
 
 @dataclass
@@ -28,6 +29,7 @@ class LISTA(UnrolledNet):
     """``x <- eta_{theta_t}(W_t x + B y)``; learned ``B`` (shared), ``W_t`` or ``W``, ``theta_t``."""
 
     Config = ListaConfig
+    reduces_to = "ISTA with step 1/(1.001 L)"
 
     def __init__(self, problem, config: ListaConfig) -> None:
         super().__init__(problem, config)
@@ -50,3 +52,9 @@ class LISTA(UnrolledNet):
         p = self.layers[t - 1]
         W = self.W if self.config.tied else p.W
         return self.shrink(t, torch.addmm(ctx["By"], x, W.T), p.theta)
+
+    def products(self) -> list[Product]:
+        return [Product(1, self.m, self.n, True), Product(self.K, self.n, self.n, True)]
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        return list(solvers.ista(self.A, y, self.config.lam, self.K, L=self.scale, cuts=self.cuts))

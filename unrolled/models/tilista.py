@@ -1,4 +1,4 @@
-"""TiLISTA (Liu, Chen, Wang & Yin, ICLR 2019 — the tied LISTA-CPSS of the ALISTA paper), SPEC §6.
+"""TiLISTA (Liu, Chen, Wang & Yin, ICLR 2019 — the tied LISTA-CPSS of the ALISTA paper), docs/spec.md §6.
 
 ``x <- ss(x + alpha_t W^T (y - A x), theta_t)``: one learned ``W`` of the shape of ``A``,
 ``(m, n)``, shared by all layers, and two learned scalars ``alpha_t``, ``theta_t`` per layer.
@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .. import functional as F
-from .base import Config, UnrolledNet, layer, register
+from .. import ops, solvers
+from ..ops import Selection
+from .base import Config, Product, UnrolledNet, layer, register, selection
 
 
 @dataclass
 class TiListaConfig(Config):
-    ss: str = "percentage"
+    ss: Selection = selection("percentage")
 
 
 @register("tilista")
@@ -27,6 +28,7 @@ class TiLISTA(UnrolledNet):
     """``x <- ss(x + alpha_t W^T (y - A x), theta_t)``; learned ``W`` (shared), ``alpha_t``, ``theta_t``."""
 
     Config = TiListaConfig
+    reduces_to = "ISTA with step 1/(1.001 L) (with the model's support selection)"
 
     def __init__(self, problem, config: TiListaConfig) -> None:
         super().__init__(problem, config)
@@ -35,4 +37,10 @@ class TiLISTA(UnrolledNet):
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
-        return self.shrink(t, F.gradient_step(x, y, self.A, self.W, p.alpha), p.theta)
+        return self.shrink(t, ops.gradient_step(x, y, self.A, self.W, p.alpha), p.theta)
+
+    def products(self) -> list[Product]:
+        return [Product(self.K, self.m, self.n), Product(self.K, self.m, self.n, True)]
+
+    def initial_twin(self, y: Tensor) -> list[Tensor]:
+        return list(solvers.ista(self.A, y, self.config.lam, self.K, L=self.scale, cuts=self.cuts))
