@@ -1,7 +1,7 @@
 """Every registered model exports (torch.export, ONNX) and loads back with the same outputs.
 
 Under tracing, scripting, compiling and exporting the ops run the reference maths
-(:mod:`unrolled.ops.backend`), so an exported model equals the eager one whatever backend
+(:mod:`unrolled.ops.dispatch`), so an exported model equals the eager one whatever backend
 is selected: float32, outputs within ``RTOL = 1e-5`` of the largest output. TorchScript
 cannot compile the layer loop and refuses with one line.
 """

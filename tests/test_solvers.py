@@ -1,16 +1,17 @@
-"""Classical Lasso solvers (SPEC §6): monotone descent, KKT optimality, closed forms, tuning."""
+"""Classical Lasso solvers (SPEC §6): monotone descent, KKT optimality, closed forms, tuning, backends."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from unrolled import Problem, ProblemSpec, UsageError
-from unrolled import functional as F
+from unrolled import Problem, ProblemSpec, UsageError, ops
 from unrolled import solvers as S
+from unrolled.ops import Cut, Selection, reference
 
 D = torch.float64
 ALGOS = ("ista", "fista", "oista", "ista-bt")
+FAST = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not ops.numba_available(), reason="Numba missing"))]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_objective_never_increases(data, algo, lam):
     A, _, y = data
     prev = None
     for xk in S.get_solver(algo)(A, y, lam, 300):
-        f = F.lasso_objective(xk, y, A, lam)
+        f = ops.lasso_objective(xk, y, A, lam)
         if prev is not None:
             assert (f <= prev + 1e-12 * prev.abs()).all()
         prev = f
@@ -40,7 +41,7 @@ def test_objective_never_increases(data, algo, lam):
 def test_solvers_reach_the_lasso_optimum(data, algo, iters, lam):
     A, _, y = data
     x = S.final(S.get_solver(algo)(A, y, lam, iters))
-    assert float(F.kkt_residual(x, y, A, lam).max()) < 1e-8
+    assert float(ops.kkt_residual(x, y, A, lam).max()) < 1e-8
 
 
 def test_solvers_agree(data):
@@ -73,11 +74,11 @@ def test_orthogonal_A_closed_form():
     Q, _ = torch.linalg.qr(torch.randn(29, 29, generator=g, dtype=D))
     y = torch.randn(6, 29, generator=g, dtype=D)
     lam = 0.5
-    expect = F.soft_threshold(y @ Q, lam)
+    expect = ops.soft_threshold(y @ Q, lam)
     assert S.lipschitz(Q) == pytest.approx(1.0, rel=1e-12)
     one = list(S.ista(Q, y, lam, 1, L=1.0))[1]
     torch.testing.assert_close(one, expect, rtol=0, atol=1e-13)
-    assert float(F.kkt_residual(expect, y, Q, lam).max()) < 1e-12
+    assert float(ops.kkt_residual(expect, y, Q, lam).max()) < 1e-12
     for algo in ALGOS:
         x = S.final(S.get_solver(algo)(Q, y, lam, 60))
         torch.testing.assert_close(x, expect, rtol=0, atol=1e-12)
@@ -125,3 +126,75 @@ def test_unknown_algorithm_lists_valid():
         S.get_solver("foo")
     with pytest.raises(UsageError, match="eta"):
         S.final(S.ista_backtracking(torch.eye(2, dtype=D), torch.ones(1, 2, dtype=D), 0.1, 3, eta=1.0))
+
+
+# -- proximal_gradient and support selection ------------------------------------------------------------
+
+
+def test_proximal_gradient_is_the_reference_iteration(data):
+    # x_{t+1} = shrink(x_t + gamma W^T (y - A x_t), theta, cuts[t]) from x_0 = 0, written out with the
+    # reference ops; W != A, the percentage cuts of ALISTA, and ALISTA-AT's adaptive threshold.
+    A, _, y = data
+    W = A + 0.05 * torch.randn(A.shape, generator=torch.Generator().manual_seed(5), dtype=D)
+    cuts = Selection("percentage").cuts(8, A.shape[1], 4.0)
+    assert any(cuts) and None in cuts
+    for eps in (None, 0.1):
+        x = torch.zeros(y.shape[0], A.shape[1], dtype=D)
+        expect = [x]
+        for cut in cuts:
+            theta = 0.02 if eps is None else reference.adaptive_threshold(x, 0.02, eps)
+            x = reference.shrink(x + 0.3 * (y - x @ A.T) @ W, theta, cut)
+            expect.append(x)
+        with ops.backend("reference"):
+            got = list(S.proximal_gradient(A, y, W, 0.3, 0.02, 8, cuts, eps))
+        assert len(got) == 9
+        for u, v in zip(got, expect):
+            torch.testing.assert_close(u, v, rtol=1e-13, atol=1e-13)
+
+
+def test_ista_is_proximal_gradient_with_w_equal_a(data):
+    A, _, y = data
+    L, lam = S.lipschitz(A), 0.1
+    cuts = [Cut(3, True)] * 6
+    for c in (None, cuts):
+        for u, v in zip(S.ista(A, y, lam, 6, cuts=c), S.proximal_gradient(A, y, A, 1 / L, lam / L, 6, c)):
+            assert torch.equal(u, v)
+    with_cuts = S.final(S.ista(A, y, lam, 6, cuts=cuts))
+    assert not torch.equal(with_cuts, S.final(S.ista(A, y, lam, 6)))  # the cuts change the iterates ...
+    a, b = list(S.ista(A, y, lam, 1, cuts=cuts)), list(S.fista(A, y, lam, 1, cuts=cuts))
+    assert torch.equal(a[1], b[1])  # ... and FISTA's first step is still ISTA's
+
+
+@pytest.mark.parametrize("algo", ["ista", "fista"])
+def test_selecting_every_entry_solves_least_squares(algo):
+    # With Cut(n, False) every entry bypasses the shrinkage: the iteration is gradient descent
+    # (FISTA: Nesterov's) on 1/2 ||y - A x||^2, whose minimiser for a square invertible A is A^-1 y,
+    # whatever lam.
+    g = torch.Generator().manual_seed(4)
+    A = torch.eye(11, dtype=D) + 0.1 * torch.randn(11, 11, generator=g, dtype=D)
+    x_true = torch.randn(3, 11, generator=g, dtype=D)
+    y = x_true @ A.T
+    iters = 400
+    x = S.final(S.get_solver(algo)(A, y, 5.0, iters, cuts=[Cut(11, False)] * iters))
+    torch.testing.assert_close(x, x_true, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_solvers_agree_across_backends(data, algo, backend):
+    # Every iterate of every solver, fast against reference: 1e-10 relative to the largest entry.
+    A, _, y = data
+    with ops.backend("reference"):
+        want = list(S.get_solver(algo)(A, y, 0.1, 40))
+    with ops.backend(backend):
+        got = list(S.get_solver(algo)(A, y, 0.1, 40))
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10 * float(v.abs().max()))
+    cuts = Selection("percentage").cuts(40, A.shape[1], 4.0)
+    for eps in (None, 0.1):
+        with ops.backend("reference"):
+            want = list(S.proximal_gradient(A, y, A, 0.3, 0.02, 40, cuts, eps))
+        with ops.backend(backend):
+            got = list(S.proximal_gradient(A, y, A, 0.3, 0.02, 40, cuts, eps))
+        for u, v in zip(got, want):
+            torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10 * float(v.abs().max()))

@@ -2,13 +2,10 @@
 
 A batch of 10,000 vectors of 500 float32 values is 20 MB. glibc serves blocks that large
 with fresh memory mappings and unmaps them when they are freed, so each temporary tensor of
-each layer pays about 5,000 page faults on first touch: on the 2-core benchmark machine a
-20 MB ``abs`` took 1.8 ms into a new tensor and 0.4 ms into an existing one, and ALISTA's
-forward pass on 10,000 vectors went from 0.76 s to 0.65 s with the setting below, and one
-AGLISTA forward pass from 102,318 minor page faults to 1. It is a hint to the allocator, not a
-guarantee: glibc's own dynamic threshold sometimes keeps such blocks anyway, and a fault
-count taken in a small test process varied from run to run in both settings, so it is
-measured by the benchmarks (docs/forward-throughput.md) rather than asserted by a unit test.
+each layer pays about 5,000 page faults on first touch (measurements: docs/performance.md).
+It is a hint to the allocator, not a guarantee: glibc's own dynamic threshold sometimes
+keeps such blocks anyway, and a fault count taken in a small test process varied from run to
+run in both settings, so it is measured by the benchmarks rather than asserted by a unit test.
 """
 
 from __future__ import annotations

@@ -197,8 +197,7 @@ class UnrolledNet(nn.Module):
         Without autograd on the CPU a large batch runs in blocks of :func:`block_rows` samples
         (every model treats samples independently): each block's iterates stay in the cache
         between the element-wise passes of a layer, which otherwise stream ``batch x n`` floats
-        from memory several times per layer (about 20 % of an ALISTA forward pass at 10,000
-        samples; benchmarks/bench_forward.py). Each sample's result is the same up to rounding: BLAS
+        from memory several times per layer (docs/performance.md). Each sample's result is the same up to rounding: BLAS
         may order a product's sums differently for another number of rows.
         """
         check(y.dim() == 2 and y.shape[1] == self.m, f"y must have shape (batch, {self.m}), got {tuple(y.shape)}")

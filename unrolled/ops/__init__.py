@@ -1,7 +1,7 @@
 """The maths of every solver and network, behind one dispatch point (docs/spec.md §5, §6, §11).
 
 Models and solvers call the functions here; each runs the implementation of the active
-backend (:mod:`unrolled.ops.backend`): :mod:`unrolled.ops.reference`, the plain-autograd
+backend (:mod:`unrolled.ops.dispatch`): :mod:`unrolled.ops.reference`, the plain-autograd
 definition, or the fast paths of :mod:`unrolled.ops.fast` (with the optional Numba kernels of
 :mod:`unrolled.ops.kernels`). Both have the same signatures and agree to rounding
 (tests/test_ops.py, and for every registered model tests/test_oracle.py).
@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import fast, reference
-from .backend import BACKENDS, active, backend, numba_available, selected
+from .dispatch import BACKENDS, active, backend, numba_available, selected
 from .reference import (
     amp_step,
     bg_denoise,

@@ -4,8 +4,8 @@ The same values as :mod:`unrolled.ops.reference` (``nn.LSTMCell``'s computation;
 each as one autograd node with a written-out backward (the slices of the gates alone cost a
 zero-filled ``(batch, 4H)`` tensor each backward under autograd).
 
-``tanh(u) = 2 sigmoid(2 u) - 1``: torch's CPU ``tanh`` is several times slower than
-``sigmoid`` (docs/performance.md), so :func:`lstm_weights` doubles the g rows of the weights
+``tanh(u) = 2 sigmoid(2 u) - 1``: torch's CPU ``tanh`` is slower than ``sigmoid``
+(docs/performance.md), so :func:`lstm_weights` doubles the g rows of the weights
 and biases (exactly) once per forward pass and one ``sigmoid`` covers all four gates. One
 product is accumulated into the other and the biases are added once.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import kernels
+from .. import kernels, reference
 
 
 class _LstmCell(torch.autograd.Function):
@@ -32,7 +32,8 @@ class _LstmCell(torch.autograd.Function):
     def forward(ctx, inp: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_ih: Tensor, bias: Tensor):
         H = c.shape[1]
         gates = h @ w_hh.T
-        if kernels.usable(gates) and inp.shape[1] <= 2 and all(t.dtype == gates.dtype for t in (inp, w_ih, bias, c)):
+        ctx.kernel = kernels.usable(gates)  # decided here: the backward takes the same path
+        if ctx.kernel and inp.shape[1] <= 2 and all(t.dtype == gates.dtype for t in (inp, w_ih, bias, c)):
             h_new, c_new, s, tau = kernels.lstm.lstm_forward(gates, inp, w_ih, bias, c)
         else:
             s = gates.addmm_(inp, w_ih.T).add_(bias).sigmoid_()
@@ -46,7 +47,7 @@ class _LstmCell(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh: Tensor, dc: Tensor):
         inp, h, c, w_hh, w_ih, s, tau = ctx.saved_tensors
-        if kernels.usable(s) and all(t.dtype == s.dtype for t in (c, tau, dh, dc)):
+        if ctx.kernel and kernels.fits(s) and all(t.dtype == s.dtype for t in (c, tau, dh, dc)):
             dgates, dc_prev = kernels.lstm.lstm_backward(s, c, tau, dh, dc)
         else:
             i, f, g2, o = s.chunk(4, dim=1)
@@ -55,16 +56,16 @@ class _LstmCell(torch.autograd.Function):
                                 dct * i * 2 * g2 * (1 - g2), dh * tau * o * (1 - o)], dim=1)
             dc_prev = dct * f
         need = ctx.needs_input_grad
-        # The products with the few input columns are taken with those columns as rows: a
-        # (batch x 4H) @ (4H x 2) product took 4x, and its transposed form 7x, as long here.
+        # The products with the few input columns are taken with those columns as rows, the
+        # fastest layout of a (batch x 4H) @ (4H x 2) product (docs/performance.md).
         return ((w_ih.T.contiguous() @ dgates.T).T if need[0] else None, dgates @ w_hh if need[1] else None,
                 dc_prev if need[2] else None, dgates.T @ h if need[3] else None,
                 (inp.T @ dgates).T if need[4] else None, dgates.sum(0) if need[5] else None)
 
 
 def _row_norms(r: Tensor | None, d: Tensor | None) -> Tensor:
-    """The row l1 norms of those of ``r`` and ``d`` given, ``(batch, count)`` (``abs().sum(-1)``:
-    ``vector_norm`` is six times slower here)."""
+    """The row l1 norms of those of ``r`` and ``d`` given, ``(batch, count)`` (``abs().sum(-1)``, faster
+    here than ``vector_norm``)."""
     return torch.stack([v.abs().sum(-1) for v in (r, d) if v is not None], dim=1)
 
 
@@ -84,6 +85,7 @@ class _Residual(torch.autograd.Function):
         r = torch.addmm(y, x, A.T, alpha=-1)
         d = r @ W
         ctx.use_r, ctx.use_d = inputs != "u", inputs != "r"
+        ctx.kernel = kernels.usable(d)
         ctx.save_for_backward(A, W, r, d, scale)
         return d, _row_norms(r if ctx.use_r else None, d if ctx.use_d else None) / scale
 
@@ -91,12 +93,13 @@ class _Residual(torch.autograd.Function):
     def backward(ctx, gd: Tensor, gf: Tensor):
         A, W, r, d, scale = ctx.saved_tensors
         gf = gf / scale
+        k = ctx.kernel
         if ctx.use_d:  # -g_d first: dx = (-g_r) A is then one product
-            neg_g_r = _add_scaled_sign(gd, d, gf[:, -1], -1.0) @ W.T
+            neg_g_r = _add_scaled_sign(gd, d, gf[:, -1], -1.0, k) @ W.T
             if ctx.use_r:
-                neg_g_r = _add_scaled_sign(neg_g_r, r, gf[:, 0].neg(), 1.0)
+                neg_g_r = _add_scaled_sign(neg_g_r, r, gf[:, 0].neg(), 1.0, k)
         else:
-            neg_g_r = _add_scaled_sign(gd @ W.T, r, gf[:, 0], -1.0)
+            neg_g_r = _add_scaled_sign(gd @ W.T, r, gf[:, 0], -1.0, k)
         need_x, need_y = ctx.needs_input_grad[:2]
         return neg_g_r @ A if need_x else None, neg_g_r.neg() if need_y else None, None, None, None, None
 
@@ -123,9 +126,10 @@ class _SoftsignHead(torch.autograd.Function):
         return gu @ U if ctx.needs_input_grad[0] else None, gu.T @ c if ctx.needs_input_grad[1] else None
 
 
-def _add_scaled_sign(g: Tensor, v: Tensor, w: Tensor, scale: float) -> Tensor:
-    """``scale (g + w sign(v))`` with ``w`` per sample ``(batch,)``: the gradient of ``|v|.sum(-1)`` added."""
-    if kernels.usable(v) and g.dtype == v.dtype == w.dtype:
+def _add_scaled_sign(g: Tensor, v: Tensor, w: Tensor, scale: float, kernel: bool) -> Tensor:
+    """``scale (g + w sign(v))`` with ``w`` per sample ``(batch,)``: the gradient of ``|v|.sum(-1)`` added
+    (with the kernel if ``kernel``, as decided in the forward pass, and the inputs fit it)."""
+    if kernel and kernels.fits(v) and g.dtype == v.dtype == w.dtype:
         return kernels.lstm.add_scaled_sign(g, v, w, scale)
     return torch.sign(v).mul_(w[:, None]).add_(g).mul_(scale)
 
@@ -144,7 +148,10 @@ def lstm_cell(inp: Tensor, h: Tensor, c: Tensor, weights: tuple[Tensor, Tensor, 
 
 
 def residual_features(x: Tensor, y: Tensor, A: Tensor, W: Tensor, inputs: str, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`unrolled.ops.reference.residual_features` as one node (``A`` and ``W`` fixed)."""
+    """:func:`unrolled.ops.reference.residual_features` as one node where ``A`` and ``W`` are fixed (NA-ALISTA's
+    buffers); with a learned ``A`` or ``W`` the reference composition, whose autograd reaches them."""
+    if A.requires_grad or W.requires_grad or scale.requires_grad:
+        return reference.residual_features(x, y, A, W, inputs, scale)
     return _Residual.apply(x, y, A, W, inputs, scale)
 
 

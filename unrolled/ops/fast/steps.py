@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import kernels
 from ..selection import Cut
-from .shrink import _fits, _shrink, _sum_product, level, selection_cut
+from .shrinkage import _fits, _shrink, _sum_product, level, selection_cut
 
 
 def gradient_step(x: Tensor, y: Tensor, A: Tensor, W: Tensor, gamma: Tensor | float,

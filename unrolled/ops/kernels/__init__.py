@@ -27,7 +27,7 @@ import importlib
 import torch
 from torch import Tensor
 
-from ..backend import active
+from ..dispatch import active
 
 _SUBMODULES = ("common", "gates", "lstm", "selection", "shrinkage")
 
@@ -39,12 +39,17 @@ def __getattr__(name: str):
 
 
 def usable(z: Tensor, *params: Tensor) -> bool:
-    """Whether the ``numba`` backend is active and ``z`` and ``params`` fit a kernel: CPU tensors of one
-    floating dtype, ``z`` 2-D and contiguous, each parameter a scalar, per sample ``(batch, 1)`` or
-    per entry ``(batch, n)`` (contiguous)."""
+    """Whether the ``numba`` backend is active and ``z`` and ``params`` :func:`fit` a kernel."""
+    return active() == "numba" and fits(z, *params)
+
+
+def fits(z: Tensor, *params: Tensor) -> bool:
+    """Whether ``z`` and ``params`` fit a kernel: CPU tensors of one floating dtype, ``z`` 2-D and
+    contiguous, each parameter a scalar, per sample ``(batch, 1)`` or per entry ``(batch, n)`` (contiguous).
+    A backward pass asks this of its tensors, having decided in the forward pass to take the kernels."""
     if z.device.type != "cpu" or z.dim() != 2 or z.dtype not in (torch.float32, torch.float64):
         return False
-    if not z.is_contiguous() or active() != "numba":
+    if not z.is_contiguous():
         return False
     for p in params:
         if p.dtype != z.dtype or p.device.type != "cpu":

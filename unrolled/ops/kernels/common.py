@@ -96,8 +96,8 @@ def _exp(u):
 @overload(_exp, jit_options=dict(error_model="numpy", fastmath={"contract"}))
 def _exp_typed(u):
     """float32: ``2^k p(r)`` with ``u = k ln 2 + r`` (Cody-Waite), ``p`` the Cephes ``expf`` polynomial;
-    within one unit in the last place of the true value (tests/test_kernels.py) and about 10x
-    faster than the scalar ``libm`` call Numba makes, because the loop vectorises. ``u`` is clamped
+    within one unit in the last place of the true value (tests/test_kernels.py), and unlike the
+    scalar ``libm`` call Numba makes the loop vectorises (docs/performance.md). ``u`` is clamped
     to [-87.3, 88.3], where ``2^k`` is a normal float (below, the true value is under 1.3e-38).
     float64 (the exactness tests): ``libm``."""
     if u != types.float32:

@@ -52,7 +52,7 @@ def lstm_forward(hw: Tensor, inp: Tensor, w_ih: Tensor, bias: Tensor, c: Tensor)
 @numba.njit(**_SUM)
 def _lstm_backward(s, c_prev, tau, dh, dc, one, two, dgates, dc_prev):
     # One short loop per output block: with every array in one loop, LLVM's aliasing checks
-    # exceed its limit and the loop is not vectorised (2.3 ns an entry instead of about 0.3).
+    # exceed its limit and the loop is not vectorised (docs/performance.md).
     B, H = c_prev.shape
     dct = np.empty(H, s.dtype)
     for b in range(B):

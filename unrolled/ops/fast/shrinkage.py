@@ -3,7 +3,7 @@
 The same values as :func:`unrolled.ops.reference.shrink` (tests/test_ops.py), computed as
 ``z - clamp(z, -theta, theta) * [|z| <= level]`` with the bypass level of
 :func:`selection_cut`. One node instead of autograd through ``clamp`` with tensor bounds and
-a mask, which cost a quarter of an ALISTA training step; the selection runs NumPy's
+a mask (docs/performance.md); the selection runs NumPy's
 introselect (linear time) instead of ``topk``; without autograd buffers are reused. Under the
 ``numba`` backend both directions are one kernel pass (:mod:`unrolled.ops.kernels.shrinkage`).
 
@@ -60,8 +60,8 @@ def _clamp(z: Tensor, theta: Tensor | float) -> Tensor:
     """``clamp(z, -theta, theta) = min(max(z, -theta), theta)`` (for any sign of ``theta``).
 
     A scalar held on the CPU takes the number-bounds kernel; broadcast tensor bounds
-    (per sample, per coordinate) go through ``maximum`` and ``minimum``, about 3x faster on
-    the CPU than ``clamp`` broadcasting three operands in one kernel; all give the same bits.
+    (per sample, per coordinate) go through ``maximum`` and ``minimum``, faster on the CPU than
+    ``clamp`` broadcasting three operands in one kernel (docs/performance.md); all give the same bits.
     """
     th = _scalar(theta)
     if th is not None:
@@ -85,15 +85,13 @@ class _Shrink(torch.autograd.Function):
     ``hi`` is the support-selection level: ``cut`` (a per-sample ``(batch, 1)`` tensor without
     gradient, or None for the plain soft threshold, which shrinks every entry), raised to
     ``max(cut, theta)`` in the percentage form (``with_theta``). Entries with ``|z| > hi`` pass
-    unchanged. One function instead of autograd through ``clamp`` with tensor bounds and a mask,
-    which cost a quarter of an ALISTA training step. An entry passes (``d/dz = 1``) where
-    ``|z| > min(hi, theta)``, else ``d/dz = 0``; ``d/dtheta = -sign(z)`` where it passes and
-    ``|z| <= hi`` (shrunk), else 0: the conventions of ``clamp`` at ``|z| = theta``.
+    unchanged. One function instead of autograd through ``clamp`` with tensor bounds and a mask.
+    An entry passes (``d/dz = 1``) where ``|z| > min(hi, theta)``, else ``d/dz = 0``; ``d/dtheta =
+    -sign(z)`` (-1 for a negative ``theta``) where it passes and ``|z| <= hi`` (shrunk), else 0.
 
     On the CPU both directions run as one fused kernel each (:mod:`unrolled.ops.kernels`), which
     keeps the entries' states as ``int8`` codes. Otherwise: comparisons write float 0/1
-    factors directly (boolean tensors and their conversion are several times slower on the
-    CPU).
+    factors directly (boolean tensors and their conversion are slower on the CPU).
     """
 
     @staticmethod
@@ -195,8 +193,8 @@ def _partition_column(a, index: int, overwrite: bool = False):
 def kth_largest(a: Tensor, k: int, overwrite: bool = False) -> Tensor:
     """The ``k``-th largest value of each row, shape ``(..., 1)``, without gradient.
 
-    On the CPU, NumPy's introselect (``np.partition``, linear time) is about 7x faster than
-    ``torch.topk`` for 10,000 x 500 and k = 61 (benchmarks/bench_forward.py); elsewhere topk.
+    On the CPU, NumPy's introselect (``np.partition``, linear time) instead of ``torch.topk``
+    (docs/performance.md); elsewhere topk.
     ``overwrite`` lets it reorder each row of a contiguous ``a`` in place (saves a copy).
     """
     n = a.shape[-1]
