@@ -1,4 +1,4 @@
-"""Analytic W of ALISTA (SPEC §4): closed form = PGD optimum, constraint, optimality, coherence."""
+"""Analytic W of ALISTA (docs/spec.md §4): closed form = PGD optimum, constraint, optimality, coherence."""
 
 from __future__ import annotations
 

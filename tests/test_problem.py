@@ -1,4 +1,4 @@
-"""Problems (SPEC §2): seeding, matrices, signals, noise, save/load."""
+"""Problems (docs/spec.md §2): seeding, matrices, signals, noise, save/load."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Classical Lasso solvers (SPEC §6): monotone descent, KKT optimality, closed forms, tuning, backends."""
+"""Classical Lasso solvers (docs/spec.md §6): monotone descent, KKT optimality, closed forms, tuning, backends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Analytic weight matrix of ALISTA (SPEC §4).
+"""Analytic weight matrix of ALISTA (docs/spec.md §4).
 
 ``min_W sum_{i != j} (w_i^T a_j)^2  s.t.  w_i^T a_i = 1`` (Frobenius approximation of the
 generalised coherence). ``W`` has the shape of ``A``, ``(m, n)``, and acts as ``W^T``.

@@ -1,4 +1,4 @@
-"""Synthetic sparse-recovery problems (SPEC §2).
+"""Synthetic sparse-recovery problems (docs/spec.md §2).
 
 A problem is a frozen, seeded :class:`ProblemSpec` plus the matrix it generates. The
 measurement model is batch-first: ``y = x @ A.T + e`` with ``x: (batch, n)``,

@@ -1,4 +1,4 @@
-"""Classical Lasso solvers, batched over signals (SPEC §6).
+"""Classical Lasso solvers, batched over signals (docs/spec.md §3, §6).
 
 Each solver is a generator yielding the iterates ``x_0 = 0, x_1, ..., x_K`` (each
 ``(batch, n)``), so per-iteration metrics never need all iterates in memory. ISTA and

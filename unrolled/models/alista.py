@@ -6,7 +6,7 @@
   step with per-entry ``theta_{t,i} = theta_t / (|x_i| / eps + 1)`` from the current iterate.
 * ``aglista`` (Wu et al., ICLR 2020): gain gate ``g = 1 + theta_{t-1} nu_t exp(-v_t |x|)``,
   ``x~ = ss(x - gamma_t W^T (A (g * x) - y), theta_t)``, overshoot
-  ``o = 1 + a_t / (|x~ - x| + 0.01)`` and ``x <- o * x~ + (1 - o) * x`` (SPEC §6 form).
+  ``o = 1 + a_t / (|x~ - x| + 0.01)`` and ``x <- o * x~ + (1 - o) * x`` (docs/spec.md §6 form).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 * ``amp`` (Donoho, Maleki & Montanari, PNAS 2009), a fixed network:
   ``v <- y - A x + b v``, ``tau^2 = ||v||^2 / m``, ``x <- eta(x + A^T v; tau^2)``,
   ``b = (n / m) mean(eta')``; ``eta`` is the Bernoulli-Gaussian MMSE denoiser with the
-  problem's sparsity ``p`` and unit variance (the generator's prior, SPEC §2), or the soft
+  problem's sparsity ``p`` and unit variance (the generator's prior, docs/spec.md §2), or the soft
   threshold at ``alpha`` deviations.
 * ``lamp`` (Borgerding, Schniter & Rangan, "AMP-inspired deep networks for sparse linear
   inverse problems", IEEE TSP 2017): the same step with a learned ``B`` (tied, per layer, or

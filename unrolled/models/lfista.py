@@ -1,5 +1,5 @@
-"""LFISTA: learned FISTA with untied momentum matrices (docs/spec.md §6; Open-L2O's LFISTA,
-the FISTA pattern of the LISTA design-space paper, appendix A.1).
+"""LFISTA: learned FISTA with untied momentum matrices (docs/spec.md §6; Open-L2O's LFISTA). The
+design-space paper's "LFISTA" is another network: ``lwa`` with the FISTA gate pattern (§8).
 
 ``x_t = eta_{theta_t}(W_e y + W_g^t x_{t-1} + W_m^t x_{t-2})`` with ``x_0 = x_{-1} = 0``;
 ``W_e: (n, m)`` shared, ``W_g^t, W_m^t: (n, n)`` and ``theta_t`` per layer.
