@@ -17,7 +17,7 @@ import torch
 from unrolled import ops
 from unrolled.errors import UsageError
 from unrolled.models import MODELS, build
-from unrolled.problem import Problem, ProblemSpec
+from unrolled.problem import Problem
 
 RTOL = 1e-5
 K = 3
@@ -25,8 +25,8 @@ NAMES = sorted(MODELS)
 
 
 @pytest.fixture(scope="module")
-def problem() -> Problem:
-    return Problem(ProblemSpec(m=23, n=41, p=0.15, snr=40.0, seed=3))
+def problem(small_problem) -> Problem:
+    return small_problem
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from unrolled.errors import UsageError
 from unrolled.io import load_safetensors, save_safetensors
 from unrolled.models import MODELS, base, build
 from unrolled.models.design_space import dense_gates, lfista_gates, lista_gates
-from unrolled.problem import Problem, ProblemSpec
+from unrolled.problem import Problem
 
 NAMES = sorted(MODELS)
 K = 3
@@ -25,21 +25,13 @@ F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
-def problem() -> Problem:
-    return Problem(ProblemSpec(m=23, n=41, p=0.1, snr=40.0, seed=3))
+def problem(small_problem) -> Problem:
+    return small_problem
 
 
 @pytest.fixture(scope="module")
 def batch(problem):
     return problem.sample(7, torch.Generator().manual_seed(11), F64)
-
-
-def perturb(model: torch.nn.Module, seed: int = 5) -> None:
-    """Move every parameter off its initial value (a round trip of the init proves little)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -104,7 +96,7 @@ def test_deterministic_and_independent_of_global_rng(name, problem, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_inference_path_matches_autograd_path(name, problem, batch, backend):
+def test_inference_path_matches_autograd_path(name, problem, batch, backend, perturb):
     """Inference may reuse buffers and run other nodes than training: the same values to 1e-12 relative."""
     _, y = batch
     model = build(name, problem, {"K": K}, F64)
@@ -118,7 +110,7 @@ def test_inference_path_matches_autograd_path(name, problem, batch, backend):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_empty_single_and_strided_batches(name, problem, batch):
+def test_empty_single_and_strided_batches(name, problem, batch, perturb):
     # The kernels' fast paths take contiguous batches of any size; an empty batch trains (zero
     # gradients), one sample matches its row of a batch, a strided y takes the general path.
     x, y = batch
@@ -137,7 +129,7 @@ def test_empty_single_and_strided_batches(name, problem, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_cpu_blocks_match_one_batch(name, problem, batch, monkeypatch):
+def test_cpu_blocks_match_one_batch(name, problem, batch, monkeypatch, perturb):
     """Inference on the CPU runs big batches in blocks of samples; every sample's result is the same."""
     if ops.active() == "reference":
         pytest.skip("the reference backend runs a batch whole")
@@ -156,7 +148,7 @@ def test_cpu_blocks_match_one_batch(name, problem, batch, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_save_load_round_trip(name, problem, batch, tmp_path):
+def test_save_load_round_trip(name, problem, batch, tmp_path, perturb):
     _, y = batch
     model = build(name, problem, {"K": K}, F64)
     perturb(model)
@@ -221,7 +213,7 @@ def test_design_space_variants(variant, problem, batch):
 
 @pytest.mark.parametrize("variant", [{"matrix": "untied"}, {"matrix": "fixed"}, {"denoiser": "soft"},
                                      {"denoiser": "soft", "matrix": "untied"}], ids=str)
-def test_lamp_variants(variant, problem, batch):
+def test_lamp_variants(variant, problem, batch, perturb):
     x, y = batch
     model = build("lamp", problem, dict(variant, K=K), F64)
     perturb(model)

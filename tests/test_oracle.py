@@ -15,7 +15,6 @@ import torch
 
 from unrolled import ops
 from unrolled.models import MODELS, build
-from unrolled.problem import Problem, ProblemSpec
 
 RTOL = 1e-10
 K = 4
@@ -35,18 +34,6 @@ VARIANTS = [(name, {}) for name in sorted(MODELS)] + [
 ]
 
 
-@pytest.fixture(scope="module")
-def problem() -> Problem:
-    return Problem(ProblemSpec(m=23, n=41, p=0.15, snr=40.0, seed=3))
-
-
-def perturbed(name: str, problem: Problem, config: dict) -> torch.nn.Module:
-    model = build(name, problem, {"K": K, **config}, F64)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=F64))
-    return model
 
 
 def run(model, x, y, backend: str) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -72,9 +59,9 @@ def assert_close(got: list[torch.Tensor], want: list[torch.Tensor], what: str) -
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("name, config", VARIANTS, ids=[f"{n}{'-' + str(c) if c else ''}" for n, c in VARIANTS])
-def test_fast_backend_equals_reference(name, config, backend, problem):
-    x, y = problem.sample(7, torch.Generator().manual_seed(11), F64)
-    model = perturbed(name, problem, config)
+def test_fast_backend_equals_reference(name, config, backend, small_problem, perturb):
+    x, y = small_problem.sample(7, torch.Generator().manual_seed(11), F64)
+    model = perturb(build(name, small_problem, {"K": K, **config}, F64))
     ref_outs, ref_inf, ref_grads = run(model, x, y, "reference")
     assert float(ref_outs[-1].abs().sum()) > 0, "degenerate test: the last layer is zero"
     outs, inference, grads = run(model, x, y, backend)
