@@ -1,4 +1,4 @@
-"""Analytic W of ALISTA (SPEC §4): closed form against the reference projected gradient.
+"""Analytic W of ALISTA (docs/spec.md §4): closed form against the reference projected gradient.
 
 For m = 250 and n in {500, 1000, 2000} (unit-norm Gaussian A, seed 0): closed-form time
 (best of 5), PGD time and iterations (step 0.1, <= 1000 iterations, stop at relative

@@ -1,6 +1,6 @@
 """Time to accuracy of the classical solvers on the standard noiseless 250x500 problem.
 
-Problem: m = 250, n = 500, p = 0.1, noiseless, seed 0 (SPEC §2). Everything runs in
+Problem: m = 250, n = 500, p = 0.1, noiseless, seed 0 (docs/spec.md §2). Everything runs in
 float64: at -40 dB the error is 1 % of the signal, and float64 keeps rounding out of
 the comparison. For each algorithm:
 
@@ -33,6 +33,7 @@ import torch
 from unrolled import Problem, ProblemSpec
 from unrolled import solvers as S
 from unrolled.io import write_text
+from unrolled.metrics import db
 
 try:
     from bench_analytic import machine
@@ -50,7 +51,7 @@ def run(algo: str, A: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lam: float
     best, best_k, k = math.inf, 0, 0
     start = time.perf_counter()
     for k, xk in enumerate(S.get_solver(algo)(A, y, lam, iters, L)):
-        nmse = 10 * math.log10(max(float(((xk - x) ** 2).sum()), 1e-300) / energy)
+        nmse = db(float(((xk - x) ** 2).sum()) / energy)
         if nmse < best:
             best, best_k = nmse, k
         for level in LEVELS:

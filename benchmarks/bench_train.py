@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+import unrolled as ur
 from unrolled import Problem, ProblemSpec
-from unrolled.commands import load_run
 from unrolled.cpu import keep_freed_memory
 from unrolled.errors import check
 from unrolled.io import write_text
@@ -99,7 +99,8 @@ def main() -> None:
     m, n, B, K = problem.m, problem.n, a.batch, a.layers
     models = [(name, build(name, problem, {"K": K}), problem) for name in a.models.split(",") if name]
     for path in a.runs:
-        model, run_problem, _, _ = load_run(path)
+        run = ur.load(path)
+        model, run_problem = run.model, run.problem
         check((run_problem.m, run_problem.n) == (m, n), f"{path} is a {run_problem.m}x{run_problem.n} problem; "
                                                           f"the benchmark's ceiling is for {m}x{n}")
         models.append((f"{model.name} ({Path(path).name})", model, run_problem))
@@ -108,7 +109,7 @@ def main() -> None:
         model = model.to(dev)
         x, y = prob.sample(B, torch.Generator().manual_seed(0))
         x, y = x.to(dev), y.to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer (unrolled/train/trainer.py)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer (unrolled/training/trainer.py)
 
         def steps(model=model, opt=opt, x=x, y=y):
             for _ in range(a.steps):

@@ -15,7 +15,8 @@ import argparse
 import numpy as np
 import torch
 
-from unrolled.commands import load_run
+import unrolled as ur
+from unrolled.metrics import db
 
 
 def main() -> None:
@@ -25,7 +26,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     for run in a.runs:
-        model, problem, _, _ = load_run(run)
+        loaded = ur.load(run)
+        model, problem = loaded.model, loaded.problem
         x, y = problem.test()
         with torch.inference_mode():
             err = ((model(y) - x) ** 2).sum(1).double().numpy()
@@ -34,7 +36,7 @@ def main() -> None:
         idx = rng.integers(0, len(err), (a.resamples, len(err)))
         boot = 10 * np.log10(err[idx].sum(1) / power[idx].sum(1))
         lo, hi = np.percentile(boot, [2.5, 97.5])
-        print(f"{run}: aggregate NMSE {10 * np.log10(err.sum() / power.sum()):.2f} dB, "
+        print(f"{run}: aggregate NMSE {db(err.sum() / power.sum()):.2f} dB, "
               f"95 % bootstrap interval [{lo:.2f}, {hi:.2f}] dB over {len(err):,} test vectors")
 
 

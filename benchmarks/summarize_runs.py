@@ -3,7 +3,7 @@
     python benchmarks/summarize_runs.py RUN [RUN ...] [--out table.md]
 
 Reads only the tables written by ``unrolled eval`` (plus ``config.json``/``result.json``
-for the training budget); prints a markdown table with the published number (SPEC §10,
+for the training budget); prints a markdown table with the published number (docs/spec.md §10,
 NA-ALISTA reference logs) where one exists. "samples" counts the whole warm-start chain
 (a run trained ``--init-from`` another adds the other's samples); "wall" is the run's own.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from unrolled.io import write_text
 
-# SPEC §10: (snr, n) -> model -> published NMSE (dB) at K = 16, M = 250, s = 50.
+# docs/spec.md §10: (snr, n) -> model -> published NMSE (dB) at K = 16, M = 250, s = 50.
 _MODELS = ("ista", "fista", "alista", "alista-at", "aglista", "na-alista")
 PUBLISHED = {key: dict(zip(_MODELS, vals, strict=True)) for key, vals in {
     (40, 500): (-5.8, -7.6, -39.1, -42.0, -41.4, -42.2),
@@ -37,6 +37,16 @@ def chain_samples(run: Path) -> int:
     return own + (chain_samples(Path(cfg["init_from"]["run"])) if "init_from" in cfg else 0)
 
 
+def flat_config(config: dict) -> dict:
+    """A model config with the support selection as the flat keys of older runs (``ss``, ``ss_theta``, ...)."""
+    ss = config.get("ss")
+    if not isinstance(ss, dict):
+        return config
+    rest = {k: v for k, v in config.items() if k != "ss"}
+    flat = {"ss": ss["mode"], "ss_p": ss["p"], "ss_pmax": ss["p_max"], "ss_theta": ss["theta"], "ss_ramp": ss["ramp"]}
+    return dict(sorted({**rest, **flat}.items()))  # the order of config.json (sorted keys)
+
+
 def summarize(run: Path) -> dict:
     rows = list(csv.DictReader(open(run / "eval.csv", newline="")))
     cfg = json.loads((run / "config.json").read_text())
@@ -52,7 +62,7 @@ def summarize(run: Path) -> dict:
     return dict(run=str(run), model=model, m=spec["m"], n=spec["n"], snr=snr, K=K, samples=chain_samples(run),
                 seconds=res["seconds"], device=res["device"], schedule=cfg["schedule"], ours=final[model],
                 ista=final.get("ista"), fista=final.get("fista"), amp=final.get("amp"), oracle=oracle, published=pub,
-                config=" ".join(f"{k}={v}" for k, v in cfg["model_config"].items()
+                config=" ".join(f"{k}={v}" for k, v in flat_config(cfg["model_config"]).items()
                                 if k in ("ss", "ss_theta", "ss_ramp", "head", "gamma0", "theta0", "eps", "matrix")),
                 init_from=Path(cfg["init_from"]["run"]).name if "init_from" in cfg else "",
                 lr=cfg["stages"][0]["lr"], test_size=int(rows[0].get("test_size", 0) or 0))

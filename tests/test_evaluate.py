@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unrolled import Problem, ProblemSpec
-from unrolled import evaluate as E
+from unrolled import evaluation as E
 from unrolled import metrics as M
 from unrolled import solvers as S
 

@@ -1,4 +1,4 @@
-"""Metrics (SPEC §3): NMSE (aggregate and per-sample dB), support statistics, the oracle floor."""
+"""Metrics (docs/spec.md §3): NMSE (aggregate and per-sample dB), support statistics, the oracle floor."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_oracle_mmse_formula(noisy):
     for i in range(0, 40, 3):
         S = np.flatnonzero(x[i].numpy())
         clean = An @ x[i].numpy()
-        sigma2 = (clean.std() * 10 ** (-20 / 20)) ** 2  # population std, SPEC §2
+        sigma2 = (clean.std() * 10 ** (-20 / 20)) ** 2  # population std, docs/spec.md §2
         AS = An[:, S]
         expect = np.zeros(41)
         expect[S] = np.linalg.solve(AS.T @ AS + sigma2 * np.eye(len(S)), AS.T @ yn[i])
@@ -88,7 +88,7 @@ def test_oracle_noiseless_is_exact_and_handles_empty_supports():
 
 
 def test_oracle_floor_at_40db():
-    # SPEC §3: m = 250, s = 50, 40 dB SNR: about -45.9 dB whatever n (1000 samples: +-0.5 dB).
+    # docs/spec.md §3: m = 250, s = 50, 40 dB SNR: about -45.9 dB whatever n (1000 samples: +-0.5 dB).
     p = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=40.0, seed=0, test_size=1000))
     x, y = p.test(dtype=D)
     for est in M.oracle_estimates(p.A, x, y, 40.0).values():

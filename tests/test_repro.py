@@ -14,7 +14,7 @@ from unrolled.repro import load, run_experiment, summary
 from unrolled.repro.analyses import pruned_layers, random_architecture
 from unrolled.repro.config import experiment_names
 from unrolled.repro.report import check_claim, compute_seconds, read_table, write_report
-from unrolled.train import Trainer
+from unrolled.training import Trainer
 
 NAMES = experiment_names()
 OUTPUTS = ("results.csv", "figure.png", "figure.pdf", "report.md")

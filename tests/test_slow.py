@@ -7,7 +7,7 @@ import torch
 
 from unrolled import Problem, ProblemSpec, metrics, solvers
 from unrolled.models import build
-from unrolled.train import Trainer, TrainOptions, end_to_end
+from unrolled.training import Trainer, TrainOptions, end_to_end
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_alista_trained_on_the_standard_problem_approaches_the_oracle():
     # 250 x 500, p = 0.1, 40 dB; the count + theta recipe of docs/results.md at a small budget.
     problem = Problem(ProblemSpec(m=250, n=500, p=0.1, snr=40, seed=0, val_size=1000, test_size=2000))
-    model = build("alista", problem, {"ss": "count", "ss_theta": True})
+    model = build("alista", problem, {"ss": "count", "ss.theta": True})
     Trainer(model, problem, end_to_end(16, lr=2e-3, samples=150_000), TrainOptions(eval_every=50, val_size=1000),
             log=lambda s: None).run()
     x, y = problem.test(2000)

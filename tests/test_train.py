@@ -18,7 +18,7 @@ from unrolled import Problem, ProblemSpec, UsageError
 from unrolled.cli import main
 from unrolled.io import load_safetensors
 from unrolled.models import Config, UnrolledNet, build
-from unrolled.train import Stage, Trainer, TrainOptions, end_to_end, finish_run, load_weights, stagewise
+from unrolled.training import RunDir, Stage, Trainer, TrainOptions, end_to_end, load_weights, stagewise
 
 
 @dataclass
@@ -201,14 +201,14 @@ def test_eval_on_validation_with_a_changed_config_writes_its_own_table(tmp_path,
     assert main(_train_args(problem_file, run)) == 0
     assert main(["eval", str(run), "--test-size", "200"]) == 0
     plain = (run / "eval.csv").read_text()
-    assert main(["eval", str(run), "--split", "validation", "--set", "ss_ramp=0.5"]) == 0
+    assert main(["eval", str(run), "--split", "validation", "--set", "ss.ramp=0.5"]) == 0
     out = capsys.readouterr().out
-    assert "validation set" in out and "ss_ramp" in out
+    assert "validation set" in out and "ss.ramp" in out
     assert (run / "eval.csv").read_text() == plain  # the test table is left alone
-    rows = (run / "eval-validation-ss_ramp=0.5.csv").read_text().splitlines()
+    rows = (run / "eval-validation-ss.ramp=0.5.csv").read_text().splitlines()
     header = rows[0].split(",")
     first = dict(zip(header, rows[1].split(","), strict=False))
-    assert first["split"] == "validation" and "ss_ramp" in first["overrides"]
+    assert first["split"] == "validation" and "ss.ramp" in first["overrides"]
     # the validation set, not the test set: the numbers differ from the test table's
     assert rows[1:] != plain.splitlines()[1:]
     # a field that would change the weights' shapes, an unknown field, a test option: one line each
@@ -234,7 +234,7 @@ def test_load_weights_checks_shapes(tmp_path):
                       tmp_path / "r")
     (tmp_path / "r").mkdir()
     trainer.run()
-    finish_run(trainer)
+    RunDir(tmp_path / "r").finish(trainer)
     other = build("alista", problem, dict(K=4), torch.float64)
     sha = json.loads((tmp_path / "r" / "result.json").read_text())["weights_sha256"]
     with pytest.raises(UsageError, match="does not fit"):
@@ -247,12 +247,12 @@ def test_init_from_warm_starts_with_the_source_weights(tmp_path, problem_file, c
     # A one-step continuation with a tiny learning rate stays next to the source weights.
     dst = tmp_path / "dst"
     args = ["train", str(problem_file), "--model", "alista", "--layers", "4", "--out", str(dst),
-            "--init-from", str(src), "--set", "ss=count", "--set", "ss_theta=true", "--budget-samples", "64",
+            "--init-from", str(src), "--set", "ss=count", "--set", "ss.theta=true", "--budget-samples", "64",
             "--batch", "64", "--lr", "1e-9"]
     assert main(args) == 0
     cfg = json.loads((dst / "config.json").read_text())
     sha = json.loads((src / "result.json").read_text())["weights_sha256"]
-    assert cfg["init_from"]["weights_sha256"] == sha and cfg["model_config"]["ss_theta"] is True
+    assert cfg["init_from"]["weights_sha256"] == sha and cfg["model_config"]["ss"]["theta"] is True
     a = load_safetensors(src / "weights.safetensors")
     b = load_safetensors(dst / "weights.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

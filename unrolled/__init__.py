@@ -1,8 +1,16 @@
-"""unrolled: learned sparse recovery (LISTA, ALISTA, NA-ALISTA, ...) made practical."""
+"""unrolled: learned sparse recovery (LISTA, ALISTA, NA-ALISTA, ...) made practical.
+
+The public API (``import unrolled as ur``): :class:`Problem` and :class:`ProblemSpec` (the
+data), :func:`train`, :func:`resume`, :func:`load` and :func:`evaluate` (:mod:`unrolled.api`),
+the :class:`Run` they return, and the analytic weights of ALISTA. Models are built by name
+with :func:`unrolled.models.build`; the registry is :data:`unrolled.models.MODELS`.
+"""
 
 from .analytic import AnalyticW, analytic_weights, coherence
+from .api import Run, evaluate, load, resume, train
 from .errors import UsageError
 from .problem import Problem, ProblemSpec
 
-__all__ = ["AnalyticW", "Problem", "ProblemSpec", "UsageError", "analytic_weights", "coherence"]
+__all__ = ["AnalyticW", "Problem", "ProblemSpec", "Run", "UsageError", "analytic_weights", "coherence", "evaluate",
+           "load", "resume", "train"]
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
-"""Metrics (SPEC §3): NMSE in dB, support recovery, and the support-oracle floor.
+"""Metrics (docs/spec.md §3): NMSE in dB, support recovery, and the support-oracle floor.
 
 ``nmse_db`` is one aggregate ratio over the whole set, ``10 log10(sum ||x_hat - x||^2 /
 sum ||x||^2)`` (VITA, NA-ALISTA). ``nmse_db_per_sample`` averages per-sample dB
-(Open-L2O); never mix the two in one table.
+(Open-L2O); never mix the two in one table. Every NMSE in the package is computed here.
 """
 
 from __future__ import annotations
@@ -13,23 +13,27 @@ import torch
 from torch import Tensor
 
 
-def _db(ratio: float) -> float:
+def db(ratio: float) -> float:
+    """``10 log10(ratio)``, with ``ratio`` floored at 1e-300 (an exact recovery is -3000 dB, not -inf)."""
     return 10 * math.log10(max(ratio, 1e-300))
 
 
+def samples_db(err: Tensor, energy: Tensor) -> Tensor:
+    """Per-sample ``10 log10(err / energy)`` (floored like :func:`db`) of the rows with ``energy > 0``."""
+    keep = energy > 0
+    return 10 * torch.log10((err[keep] / energy[keep]).clamp_min(1e-300))
+
+
 def nmse_db(x_hat: Tensor, x: Tensor) -> float:
-    """Aggregate NMSE (dB) over the set."""
+    """Aggregate NMSE (dB) over the set: ``10 log10(sum ||x_hat - x||^2 / sum ||x||^2)``."""
     x_hat, x = x_hat.double(), x.double()
-    return _db(float(((x_hat - x) ** 2).sum() / (x * x).sum()))
+    return db(float(((x_hat - x) ** 2).sum() / (x * x).sum()))
 
 
 def nmse_db_per_sample(x_hat: Tensor, x: Tensor) -> float:
     """Mean over samples of per-sample NMSE in dB (samples with ``x = 0`` are skipped)."""
     x_hat, x = x_hat.double(), x.double()
-    e = ((x_hat - x) ** 2).sum(1)
-    s = (x * x).sum(1)
-    keep = s > 0
-    return float((10 * torch.log10((e[keep] / s[keep]).clamp_min(1e-300))).mean())
+    return float(samples_db(((x_hat - x) ** 2).sum(1), (x * x).sum(1)).mean())
 
 
 def support_stats(x_hat: Tensor, x: Tensor, tol: float = 0.0) -> dict[str, float]:
@@ -49,7 +53,7 @@ def oracle_estimates(A: Tensor, x: Tensor, y: Tensor, snr: float, chunk: int = 5
     """Support-oracle estimates: least squares and MMSE on the true support of each sample.
 
     MMSE under the ``N(0, 1)`` prior is ``(A_S^T A_S + sigma^2 I)^{-1} A_S^T y`` with the
-    sample's noise level ``sigma = std(A x) 10^(-snr/20)`` (SPEC §2). Supports are padded
+    sample's noise level ``sigma = std(A x) 10^(-snr/20)`` (docs/spec.md §2). Supports are padded
     to the largest one in a chunk; padded coordinates solve to exactly zero.
     """
     A, x, y = A.double(), x.double(), y.double()

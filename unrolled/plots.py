@@ -1,25 +1,28 @@
-"""Figures drawn from result tables only (long-format CSV rows)."""
+"""Figures drawn from result tables only (long-format rows); matplotlib is the ``plot`` extra."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
+from .errors import UsageError
 from .io import atomic_write
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend, or a one-line error naming the extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("drawing figures needs matplotlib: pip install 'unrolled[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_layers(rows: list[dict], path: str | Path, title: str = "", metric: str = "nmse_db") -> None:
     """NMSE (dB) vs layer for every method; oracle rows (no layer) as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     floors = []

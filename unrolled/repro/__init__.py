@@ -8,19 +8,17 @@ regenerates ``docs/reproduction.md`` and the per-experiment reports from the res
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import check
 from ..io import write_text
 from . import report
 from .config import BUDGETS, CONFIG_DIR, Experiment, experiment_names, load
 from .runner import Runner
 
-__all__ = ["Experiment", "Runner", "add_repro_command", "load", "run_experiment", "summary"]
+__all__ = ["BUDGETS", "CONFIG_DIR", "Experiment", "Runner", "list_experiments", "load", "run_experiment", "summary"]
 
 
 HOW = """## How it works
@@ -119,36 +117,3 @@ def summary(runs: Path, docs: Path, reports: Path, budgets=("quick", "paper"), c
               "unrolled repro summary", "```", "", HOW, "## Paper | ours | difference, per experiment", ""] + details
     write_text(docs, "\n".join(lines) + "\n")
     return docs
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-def cmd_repro(a: argparse.Namespace) -> None:
-    configs = Path(a.configs) if a.configs else None
-    if a.target == "list":
-        print(list_experiments(configs))
-    elif a.target == "summary":
-        path = summary(Path(a.runs), Path(a.docs), Path(a.reports), configs=configs)
-        print(f"wrote {path} and the reports in {a.reports}")
-    else:
-        check(a.device in ("cpu", "cuda") or a.device.startswith("cuda:"),
-              f"unknown device {a.device!r}; valid: cpu, cuda")
-        check(not a.device.startswith("cuda") or torch.cuda.is_available(),
-              "--device cuda requested but PyTorch sees no CUDA device; use --device cpu")
-        run_experiment(a.target, a.budget, a.out, a.device, configs, finished_only=a.finished_only)
-
-
-def add_repro_command(sub) -> None:
-    p = sub.add_parser("repro", help="reproduce a table or figure of the seed papers (list | summary | NAME)")
-    p.add_argument("target", help="an experiment NAME (see `unrolled repro list`), a .toml file, 'list' or 'summary'")
-    p.add_argument("--budget", choices=BUDGETS, default="quick", help="smoke | quick | paper (default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", default=None, help="output directory (default runs/repro/BUDGET/NAME)")
-    p.add_argument("--finished-only", action="store_true",
-                   help="evaluate the trainings finished so far (any experiment's); train nothing")
-    p.add_argument("--configs", default=None, help=f"experiments directory (default {CONFIG_DIR})")
-    p.add_argument("--runs", default="runs/repro", help="summary: where the result tables are")
-    p.add_argument("--docs", default="docs/reproduction.md", help="summary: the page to write")
-    p.add_argument("--reports", default="docs/repro", help="summary: where the per-experiment reports go")
-    p.set_defaults(func=cmd_repro)

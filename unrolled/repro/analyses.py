@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import solvers
+from .. import metrics, solvers
 from ..analytic import analytic_weights, coherence
 from ..errors import check
 from ..models import build
@@ -171,7 +171,7 @@ def slista_steps(ctx: Context) -> list[dict]:
                  dict(quantity="2/L_S", layer=t, value=2 * inv),
                  dict(quantity="1/L_S* (true support, median)", layer=t, value=inv_true)]
     ista = list(solvers.ista(A, y.double(), model.config.lam, model.K, L))
-    gain = 10 * math.log10(float(((ista[-1] - x) ** 2).sum()) / float(((its[-1] - x) ** 2).sum()))
+    gain = metrics.db(float(((ista[-1] - x) ** 2).sum()) / float(((its[-1] - x) ** 2).sum()))
     rows.append(dict(quantity="fraction of layers with 1/L_S <= s_t <= 2/L_S", value=sum(inside) / len(inside)))
     rows.append(dict(quantity="NMSE gain over ISTA at the same lambda and depth (dB)", value=gain))
     return rows

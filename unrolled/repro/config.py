@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError, check, choice
-from ..evaluate import FIXED_NETWORKS
+from ..evaluation import FIXED_NETWORKS
 from ..problem import ProblemSpec
 from ..solvers import SOLVERS
-from ..train import SCHEDULES, TrainOptions
+from ..training import SCHEDULES, TrainOptions
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 from ..io import atomic_write, write_text
+from ..plots import pyplot
 from .config import Experiment, same
 
 MAIN = ["method", "layer", "final", "nmse_db", "nmse_db_sample", "fp", "fn", "f1", "quantity", "panel", "value",
@@ -166,11 +167,7 @@ def check_claim(claim: dict, rows: list[dict]) -> tuple[str, str]:
 
 def draw(exp: Experiment, rows: list[dict], stem: Path, title: str, formats=("png", "pdf")) -> list[Path]:
     """One figure (PNG and PDF) with an axes per panel of every ``[plot]`` spec of ``exp``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = []
     for spec in exp.plots or [{"kind": "curves", "x": "layer", "y": exp.metric}]:
         sel = [r for r in rows if matches(r, spec.get("where", {})) and r.get("status", "ok") in ("ok", "")]

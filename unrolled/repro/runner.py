@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .. import evaluate as E
+from .. import api
+from .. import evaluation as E
 from ..errors import UsageError
-from ..io import sha256, write_json
+from ..io import write_json
 from ..models import MODELS, build, make_config
 from ..problem import Problem, _stream
-from ..train import Trainer, finish_run, load_weights, make_schedule, write_run_config
+from ..training import RunDir, make_schedule
 from . import analyses
 from .config import PROBLEM_KEYS, TEST_ONLY, Budget, Cell, Experiment, ModelEntry, train_options
 
@@ -209,46 +210,31 @@ class Runner:
         spec = {k: v for k, v in dataclasses.asdict(cell.spec).items() if k not in TEST_ONLY}
         ident = dict(spec=spec, train_size=cell.train_size, model=entry.model, config=dataclasses.asdict(config),
                      stages=[s.to_dict() for s in stages], options=dataclasses.asdict(options), prune=prune)
-        run = self.store / f"{entry.model}-{digest(ident)}"
-        if self.finished_only and not (run / "result.json").exists():
-            raise NotFinished(run)
-
-        def fresh() -> torch.nn.Module:
-            torch.manual_seed(options.seed)  # initialisations that draw from the global generator
-            model = build(entry.model, problem, config).to(self.device)
-            analyses.prune_side_connections(model, prune) if prune else None
-            return model
-
-        model = fresh()
-        info = dict(extra, train_run=str(run), config=json.dumps(overrides, sort_keys=True),
-                    schedule=sched["name"])
-        if not (run / "result.json").exists():
+        rd = RunDir(self.store / f"{entry.model}-{digest(ident)}")
+        if self.finished_only and not rd.finished:
+            raise NotFinished(rd.path)
+        model = build(entry.model, problem, config)
+        if prune:
+            analyses.prune_side_connections(model, prune)
+        info = dict(extra, train_run=str(rd), config=json.dumps(overrides, sort_keys=True), schedule=sched["name"])
+        logfile, train_problem = rd.path / "train.log", problem
+        if not rd.finished:
             train_problem = PooledProblem(problem, cell.train_size) if cell.train_size else problem
-            logfile = run / "train.log"
-            run.mkdir(parents=True, exist_ok=True)
-
-            def log(line: str) -> None:
-                with open(logfile, "a") as f:
-                    f.write(line + "\n")
-
-            trainer = Trainer(model, train_problem, stages, options, run, log)
-            if (run / "progress.json").exists():
-                trainer.resume()
+            rd.path.mkdir(parents=True, exist_ok=True)
+            if rd.started:
+                progress = rd.read_progress()
                 self.counts["resumed"] += 1
-                self.log(f"  resuming {run.name} at stage {trainer.c['stage'] + 1}/{len(stages)}, "
-                         f"{trainer.c['samples']:,} samples")
-            else:
-                problem.save(run / "problem.npz")
-                write_run_config(run, dict(model=entry.model, model_config=dataclasses.asdict(config),
-                                           schedule=sched["name"], stages=ident["stages"], options=ident["options"],
-                                           problem=dict(source="unrolled repro", sha256=sha256(run / "problem.npz"),
-                                                        spec=json.loads(problem.spec.to_json())),
-                                           device=str(self.device), torch=torch.__version__,
-                                           repro=dict(experiment=exp.name, train_size=cell.train_size, prune=prune)))
+                self.log(f"  resuming {rd.path.name} at stage {progress['stage'] + 1}/{len(stages)}, "
+                         f"{progress['samples']:,} samples")
             self.counts["trained"] += 1
-            trainer.run()
-            finish_run(trainer)
-        result = json.loads((run / "result.json").read_text())
-        load_weights(model, run / "weights.safetensors", result["weights_sha256"])
-        info.update(samples=result["samples"], seconds=round(result["seconds"], 1), train_device=result["device"])
-        return model.eval(), info
+
+        def log(line: str) -> None:
+            with open(logfile, "a") as f:
+                f.write(line + "\n")
+
+        run = api.train(train_problem, model, schedule={"name": sched["name"], **kw}, out=rd, device=self.device,
+                        resume=True, log=log, meta=dict(repro=dict(experiment=exp.name, train_size=cell.train_size,
+                                                                   prune=prune)), **dataclasses.asdict(options))
+        r = run.result
+        info.update(samples=r["samples"], seconds=round(r["seconds"], 1), train_device=r["device"])
+        return run.model, info

@@ -2,21 +2,23 @@
 
 Rows are long-format dicts (``method, layer, nmse_db, nmse_db_sample, fp, fn, f1``) so
 plots and reports can be rebuilt from the table alone. Statistics accumulate over
-chunks, so 10,000 test vectors never need all K iterates in memory at once.
+chunks, so 10,000 test vectors never need all K iterates in memory at once. The Python
+entry point is :func:`unrolled.evaluate`; this module holds the pieces it is made of.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from . import metrics, solvers
+from .errors import check, choice
 from .io import write_text
+from .problem import Problem, _stream
 
 FIELDS = ["method", "layer", "nmse_db", "nmse_db_sample", "fp", "fn", "f1"]
 
@@ -39,7 +41,7 @@ class LayerStats:
         for k, xk in enumerate(outputs):
             e = ((xk.double() - x) ** 2).sum(1)
             s = metrics.support_stats(xk, x)
-            vals = [float(e.sum()), float((10 * torch.log10((e[keep] / energy[keep]).clamp_min(1e-300))).sum()),
+            vals = [float(e.sum()), float(metrics.samples_db(e, energy).sum()),
                     s["fp"] * len(x), s["fn"] * len(x), s["f1"] * len(x)]
             if k == len(self.err):
                 self.err.append(0.0)
@@ -55,7 +57,7 @@ class LayerStats:
 
     def rows(self, method: str, **meta) -> list[dict]:
         n, kept = max(self.count, 1), max(self.kept, 1)
-        return [dict(method=method, layer=k, nmse_db=10 * math.log10(max(self.err[k], 1e-300) / self.energy),
+        return [dict(method=method, layer=k, nmse_db=metrics.db(self.err[k] / self.energy),
                      nmse_db_sample=self.db_sum[k] / kept, fp=self.sup[k][0] / n, fn=self.sup[k][1] / n,
                      f1=self.sup[k][2] / n, **meta) for k in range(len(self.err))]
 
@@ -98,17 +100,12 @@ def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor
     return rows
 
 
-def amp_applies(spec) -> bool:
-    """Whether AMP's Bernoulli-Gaussian prior fits the signals: some entries are zero."""
-    return spec.signal != "gamma" and 0 < spec.p < 1
-
-
 def baseline_rows(problem, x: Tensor, y: Tensor, iters: int, names: Iterable[str] = ("ista", "fista", "amp"),
                   lam: float | str = "auto", tune_size: int = 1000) -> list[dict]:
     """Classical baselines at depth ``iters``: Lasso solvers (``lam`` tuned on the first
     ``tune_size`` validation vectors) and AMP with the problem's Bernoulli-Gaussian prior
-    (skipped where the signals have no zeros)."""
-    from .models import build
+    (skipped where the model declines the problem, e.g. signals without zeros)."""
+    from .models import MODELS, build
 
     names = list(names)
     lasso = [a for a in names if a not in FIXED_NETWORKS]
@@ -117,9 +114,41 @@ def baseline_rows(problem, x: Tensor, y: Tensor, iters: int, names: Iterable[str
         xv, yv = problem.validation(torch.float64)
         rows = classical_rows(problem.A, x, y, xv[:tune_size], yv[:tune_size], iters, lasso, lam)
     for name in names:
-        if name in FIXED_NETWORKS and amp_applies(problem.spec):
+        if name in FIXED_NETWORKS and not MODELS[name].skip(problem)[0]:
             rows += evaluate_model(build(name, problem, dict(K=iters), torch.float64), x, y)
     return rows
+
+
+SPLITS = ("test", "validation")
+
+
+def evaluation_set(problem: Problem, split: str = "test", test_x: str | None = None, size: int | None = None,
+                   snr: float | None = None, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` to evaluate on: the problem's test set (its first ``size`` vectors, measured at
+    ``snr`` if given), the signals of the file ``test_x`` measured with the problem's test matrix
+    and noise, or (``split='validation'``, alone) its fixed validation set."""
+    choice(split, SPLITS, "split")
+    if split == "validation":
+        check(not test_x and snr is None and size is None,
+              "the validation split is the problem's own validation set; give no test_x, snr or size")
+        return problem.validation(dtype)
+    if test_x:
+        from .io import load_signals
+
+        x = torch.from_numpy(load_signals(test_x, problem.n))
+        if size:
+            x = x[:size]
+        y = problem.measure(x, _stream(problem.spec.seed, 2), evaluation_snr(problem, snr),
+                            noise=problem.spec.test_noise, A=problem.test_matrix())
+        return x.to(dtype), y.to(dtype)
+    return problem.test(size, dtype, snr)
+
+
+def evaluation_snr(problem: Problem, snr: float | None = None) -> float:
+    """``snr`` if given, else the problem's test SNR (what the oracle floor assumes)."""
+    if snr is not None:
+        return snr
+    return problem.spec.snr if problem.spec.test_snr is None else problem.spec.test_snr
 
 
 def oracle_rows(A: Tensor, x: Tensor, y: Tensor, snr: float) -> list[dict]:

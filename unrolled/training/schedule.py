@@ -1,4 +1,4 @@
-"""Training schedules as data (SPEC §7): a schedule is a list of :class:`Stage`."""
+"""Training schedules as data (docs/spec.md §7): a schedule is a list of :class:`Stage`."""
 
 from __future__ import annotations
 

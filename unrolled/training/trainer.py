@@ -1,22 +1,13 @@
-"""A small training loop over a schedule of stages, with resumable run directories.
+"""A small training loop over a schedule of stages, checkpointing into a run directory.
 
-Run directory (every file written atomically; nothing is ever unpickled):
-
-* ``config.json``   resolved model, schedule and options; ``problem.npz`` the problem;
-* ``state.safetensors``  resume state: current and best parameters, Adam moments, the
-  batch generator's state; its JSON counters and SHA-256 live in ``progress.json``;
-* ``metrics.jsonl``  one line per validation (no wall-clock times, so a resumed run's
-  metrics are byte-identical to an uninterrupted one);
-* ``weights.safetensors``  the trained model (best validated weights), hash recorded.
-
-Fresh training batches come from a seeded generator every step; model selection uses
-the fixed validation set only.
+Fresh training batches come from a seeded generator every step; model selection uses the
+fixed validation set only. With a :class:`~unrolled.training.RunDir` the trainer checkpoints
+after every validation and :meth:`Trainer.resume` continues from the last checkpoint to the
+same bits as an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import sys
 import time
@@ -27,14 +18,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import functional as F
+from .. import ops
 from ..errors import UsageError, check, choice
-from ..io import load_safetensors, save_safetensors, write_json
+from ..metrics import nmse_db
 from ..models import UnrolledNet
 from ..problem import Problem
+from .rundir import RunDir
 from .schedule import LOSSES, Stage
-
-FORMAT = "unrolled-run-v1"
 
 
 @dataclass
@@ -57,19 +47,15 @@ class TrainOptions:
         check(0 < self.labelled <= 1, f"labelled={self.labelled} must be in (0, 1]")
 
 
-def nmse_db(x_hat: Tensor, x: Tensor) -> float:
-    return 10 * math.log10(max(float(((x_hat - x) ** 2).sum() / (x * x).sum()), 1e-300))
-
-
 class Trainer:
     """Runs ``stages`` on ``model``; with ``run_dir`` it checkpoints after every validation."""
 
     def __init__(self, model: UnrolledNet, problem: Problem, stages: list[Stage], options: TrainOptions,
-                 run_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> None:
+                 run_dir: RunDir | str | Path | None = None, log: Callable[[str], None] | None = None) -> None:
         check(len(stages) > 0, "the schedule has no stage")
         check(all(s.depth <= model.K for s in stages), f"a stage supervises a layer beyond K={model.K}")
         self.model, self.problem, self.stages, self.opt = model, problem, stages, options
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
         self.log = log or self._default_log
         self.device, self.dtype = model.A.device, model.A.dtype
         x, y = problem.validation(torch.float64)
@@ -100,7 +86,7 @@ class Trainer:
         x_hat = self.model(y, depth=stage.depth)
         if o.loss == "mse":
             return ((x_hat - x) ** 2).sum(1).mean()
-        lasso = F.lasso_objective(x_hat, y, self.model.A, o.loss_lam)
+        lasso = ops.lasso_objective(x_hat, y, self.model.A, o.loss_lam)
         if o.loss == "lasso":
             return lasso.mean()
         k = max(1, round(o.labelled * len(x)))  # semi: the first k samples carry labels
@@ -112,7 +98,7 @@ class Trainer:
         """Validation NMSE (dB) at the stage's depth, or the mean Lasso objective when unsupervised."""
         x_hat = self.model(self.y_val, depth=stage.depth)
         if self.opt.loss == "lasso":
-            return float(F.lasso_objective(x_hat, self.y_val, self.model.A, self.opt.loss_lam).mean())
+            return float(ops.lasso_objective(x_hat, self.y_val, self.model.A, self.opt.loss_lam).mean())
         return nmse_db(x_hat.double(), self.x_val.double())
 
     # -- optimiser ----------------------------------------------------------------------------
@@ -176,26 +162,18 @@ class Trainer:
         tensors.update({f"best/{k}": v for k, v in self.best.items()})
         tensors.update(self._optim_tensors())
         tensors["generator"] = self.gen.get_state()
-        sha = save_safetensors(self.run_dir / "state.safetensors", tensors, {"format": FORMAT})
-        write_json(self.run_dir / "progress.json", {**self.c, "state_sha256": sha, "seconds": self.seconds})
+        self.run_dir.save_state(tensors, {**self.c, "seconds": self.seconds})
 
     def resume(self) -> None:
         """Continue from ``run_dir``'s last checkpoint (exactly where it was written)."""
         check(self.run_dir is not None, "resume needs a run directory")
-        prog_path = self.run_dir / "progress.json"
-        check(prog_path.exists(), f"{self.run_dir} has no progress.json: nothing to resume")
-        prog = json.loads(prog_path.read_text())
-        tensors = load_safetensors(self.run_dir / "state.safetensors", prog["state_sha256"])
+        prog, tensors = self.run_dir.load_state()
         self.seconds = prog.pop("seconds", 0.0)
-        prog.pop("state_sha256")
         self.c.update(prog)
         self._restore({k[6:]: v for k, v in tensors.items() if k.startswith("param/")})
         self.best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
         self.gen.set_state(tensors["generator"])
-        metrics = self.run_dir / "metrics.jsonl"
-        if metrics.exists():  # drop lines written after the checkpoint
-            with open(metrics, "r+b") as f:
-                f.truncate(self.c["metrics_bytes"])
+        self.run_dir.truncate_metrics(self.c["metrics_bytes"])  # lines written after the checkpoint
         if not self.c["done"]:
             self.optim = self._make_optim(self.stages[self.c["stage"]])
             self._load_optim_tensors(tensors)
@@ -204,11 +182,7 @@ class Trainer:
     def _append_metrics(self, row: dict) -> None:
         if self.run_dir is None:
             return
-        line = (json.dumps(row, sort_keys=True) + "\n").encode()
-        path = self.run_dir / "metrics.jsonl"
-        with open(path, "ab") as f:
-            f.write(line)
-        self.c["metrics_bytes"] += len(line)
+        self.c["metrics_bytes"] += self.run_dir.append_metrics(row)
 
     def _optim_state_copy(self) -> dict:
         return {p: {k: v.clone() for k, v in st.items()} for p, st in self.optim.state.items()}
@@ -317,49 +291,3 @@ class Trainer:
             self._finish_stage(stage)
         c["done"] = True
         self._write_state()
-
-
-# -- run directories -----------------------------------------------------------------------------
-
-
-def save_weights(model: UnrolledNet, path: Path) -> str:
-    meta = {"format": "unrolled-weights-v1", "model": model.name,
-            "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True)}
-    return save_safetensors(path, dict(model.state_dict()), meta)
-
-
-def load_weights(model: UnrolledNet, path: Path, sha256: str | None) -> None:
-    state = load_safetensors(path, sha256)
-    own = model.state_dict()
-    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    check(not missing and not extra, f"{path} does not fit model {model.name!r} (missing {missing[:3]}, "
-                                     f"unexpected {extra[:3]})")
-    for k, v in state.items():
-        check(v.shape == own[k].shape, f"{path}: tensor {k} has shape {tuple(v.shape)}, "
-                                       f"model expects {tuple(own[k].shape)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-
-
-def write_run_config(run_dir: Path, config: dict) -> None:
-    write_json(run_dir / "config.json", {"format": FORMAT, **config})
-
-
-def read_run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / "config.json"
-    check(path.exists(), f"{run_dir} is not a run directory (no config.json)")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
-    check(cfg.get("format") == FORMAT, f"{path} has format {cfg.get('format')!r}, expected {FORMAT}")
-    return cfg
-
-
-def finish_run(trainer: Trainer) -> None:
-    """Write the trained weights and record their hash."""
-    d = trainer.run_dir
-    sha = save_weights(trainer.model, d / "weights.safetensors")
-    write_json(d / "result.json", {"weights_sha256": sha, "samples": trainer.c["samples"],
-                                   "steps": trainer.c["total_steps"], "seconds": trainer.seconds,
-                                   "nan_events": trainer.c["nan_events"], "device": str(trainer.device)})
-

@@ -1,0 +1,46 @@
+"""Command line: ``unrolled <command> ...`` (also ``python -m unrolled``).
+
+Every command has ``--help``; bad input ends with one line ``error: ...`` and exit code 2.
+Each module registers its commands (``add_commands``) and calls the Python API below it:
+:mod:`.problem` (problem create, weights, solve, list), :mod:`.train` (train, eval),
+:mod:`.demo` and :mod:`.repro`; :mod:`.args` holds the shared argument types.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..cpu import keep_freed_memory
+from ..errors import UsageError
+from . import demo, problem, repro, train
+from .args import Parser
+
+COMMANDS = (problem, train, demo, repro)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="unrolled", description="Learned sparse recovery: problems, solvers, unrolled networks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in COMMANDS:
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        keep_freed_memory()  # large batches: no page faults for every temporary (unrolled/cpu.py)
+        args.func(args)
+    except UsageError as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `unrolled list | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return 0

@@ -1,0 +1,127 @@
+"""Argument types and option groups shared by the commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError, check
+from ..problem import MATRICES, SIGNALS, TEST_NOISES, ProblemSpec
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit code 2)."""
+
+    def error(self, message: str):  # noqa: D102
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def number(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if math.isnan(v):
+        raise argparse.ArgumentTypeError("NaN is not allowed")
+    return v
+
+
+def snr_value(s: str) -> float:
+    v = number(s)
+    if v == -math.inf:
+        raise argparse.ArgumentTypeError("-inf dB is not a signal-to-noise ratio; use a number of dB or inf")
+    return v
+
+
+def lam_value(s: str) -> float | str:
+    if s == "auto":
+        return s
+    v = number(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"lambda {v} must be >= 0 or 'auto'")
+    return v
+
+
+def device_arg(s: str) -> torch.device:
+    try:
+        dev = torch.device(s)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {s!r}; valid: cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("--device cuda requested but PyTorch sees no CUDA device; use --device cpu")
+    return dev
+
+
+def parse_sets(items: list[str] | None) -> dict[str, str]:
+    """``--set KEY=VALUE`` items as a dict of strings (the config coerces them to its types)."""
+    out = {}
+    for item in items or []:
+        check("=" in item, f"--set {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def add_problem_options(p: argparse.ArgumentParser) -> None:
+    d = ProblemSpec()
+    p.add_argument("--m", type=positive_int, default=None, help=f"measurements (default {d.m})")
+    p.add_argument("--n", type=positive_int, default=None, help=f"signal length (default {d.n})")
+    p.add_argument("--p", type=number, default=None, help="probability of a non-zero entry (default 0.1, or s/n)")
+    p.add_argument("--s", type=number, default=None, help="expected non-zeros per signal (sets p = s/n)")
+    p.add_argument("--snr", type=snr_value, default=d.snr, help="training/validation SNR in dB; inf = noiseless")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--matrix", choices=MATRICES, default=d.matrix)
+    p.add_argument("--kappa", type=number, default=None, help="condition number of A (docs/spec.md §2)")
+    p.add_argument("--rank", type=positive_int, default=None, help="inner dimension r of a low-rank A = U V")
+    p.add_argument("--a-file", default=None, help="load A from .npy, .npz or .mat (key D or A)")
+    p.add_argument("--signal", choices=SIGNALS, default=d.signal)
+    p.add_argument("--gamma-shape", type=number, default=d.gamma_shape)
+    p.add_argument("--gamma-rate", type=number, default=d.gamma_rate)
+    p.add_argument("--test-noise", choices=TEST_NOISES, default=d.test_noise)
+    p.add_argument("--test-snr", type=snr_value, default=None, help="test-set SNR if it differs from --snr")
+    p.add_argument("--sp-density", type=number, default=d.sp_density, help="salt-and-pepper density")
+    p.add_argument("--test-perturb", type=number, default=d.test_perturb,
+                   help="Laplace scale of a test-only perturbation of A (0 = none)")
+    p.add_argument("--val-size", type=positive_int, default=d.val_size)
+    p.add_argument("--test-size", type=positive_int, default=d.test_size)
+
+
+def spec_from_args(a: argparse.Namespace) -> ProblemSpec:
+    d = ProblemSpec()
+    m, n = a.m or d.m, a.n or d.n
+    matrix = a.matrix
+    if a.a_file:
+        from ..io import load_matrix
+
+        A = load_matrix(a.a_file)
+        for name, given, found in (("--m", a.m, A.shape[0]), ("--n", a.n, A.shape[1])):
+            check(given in (None, found), f"{name} {given} contradicts {a.a_file} ({A.shape[0]}x{A.shape[1]}); "
+                                          f"drop {name}")
+        m, n = A.shape
+        matrix = "file"
+    check(a.p is None or a.s is None, "give --p or --s, not both")
+    p = a.s / n if a.s is not None else (0.1 if a.p is None else a.p)
+    return ProblemSpec(m=m, n=n, p=p, snr=a.snr, seed=a.seed, matrix=matrix, kappa=a.kappa, rank=a.rank,
+                       a_file=str(Path(a.a_file).resolve()) if a.a_file else None, signal=a.signal,
+                       gamma_shape=a.gamma_shape, gamma_rate=a.gamma_rate, test_noise=a.test_noise,
+                       test_snr=a.test_snr, sp_density=a.sp_density, test_perturb=a.test_perturb,
+                       val_size=a.val_size, test_size=a.test_size)
+
+
+def add_test_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--test-x", help="test signals (.npy/.npz/.mat), samples x n or n x samples")
+    p.add_argument("--test-size", type=positive_int, default=None, help="use the first N test signals")
+    p.add_argument("--snr", type=snr_value, default=None, help="test SNR in dB (default: the problem's)")

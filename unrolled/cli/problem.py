@@ -1,0 +1,115 @@
+"""Commands without training: ``problem create``, ``weights``, ``solve`` and ``list``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .. import evaluation as E
+from ..analytic import METHODS
+from ..errors import check, choice
+from ..problem import Problem
+from .args import Parser, add_problem_options, add_test_options, lam_value, positive_int, spec_from_args
+
+
+def cmd_problem_create(a: argparse.Namespace) -> None:
+    problem = Problem(spec_from_args(a))
+    path = problem.save(a.out)
+    s = problem.spec
+    print(f"wrote {path}: A {s.m}x{s.n} ({s.matrix}), p={s.p:.4g} (s={s.sparsity:.1f}), snr={s.snr} dB, "
+          f"L={problem.L:.4f}, seed={s.seed}")
+
+
+def cmd_weights(a: argparse.Namespace) -> None:
+    from ..analytic import analytic_weights, coherence
+
+    problem = Problem.load(a.problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = analytic_weights(problem.A, a.method)
+    for w in caught:
+        print(f"note: {w.message}")
+    print(f"method        {res.method}" + (f" ({res.iterations} iterations)" if res.method == "pgd" else ""))
+    print(f"objective     {res.objective:.6f}   (sum_{{i!=j}} (w_i^T a_j)^2)")
+    print(f"coherence     {res.coherence:.4f}     (max_{{i!=j}} |w_i^T a_j|; A itself: "
+          f"{coherence(problem.A, problem.A):.4f})")
+    print(f"rank          {res.rank} of m={problem.m}")
+    print(f"time          {res.seconds:.3f} s")
+    if a.out:
+        from ..io import atomic_write
+
+        atomic_write(a.out, lambda f: np.save(f, res.W.numpy()))
+        print(f"wrote {a.out}")
+
+
+def cmd_solve(a: argparse.Namespace) -> None:
+    from .. import solvers
+    from ..models import MODELS
+
+    problem = Problem.load(a.problem)
+    algos = [s.strip() for s in a.algo.split(",")]
+    for algo in algos:
+        choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS], "algorithm")
+    if "amp" in algos:
+        check(not MODELS["amp"].skip(problem)[0], f"amp needs signals with zeros (this problem's are "
+              f"{problem.spec.signal}, p={problem.spec.p}); drop amp from --algo")
+    x, y = E.evaluation_set(problem, "test", a.test_x, a.test_size, a.snr)
+    t0 = time.perf_counter()
+    rows = E.baseline_rows(problem, x, y, a.iters, algos, a.lam, a.tune_size)
+    seconds = time.perf_counter() - t0
+    rows += E.oracle_rows(problem.A, x, y, E.evaluation_snr(problem, a.snr))
+    for algo in algos:
+        lam = next((r["lam"] for r in rows if r["method"] == algo and "lam" in r), None)
+        if lam is not None:
+            print(f"{algo}: lambda = {lam:.4g}" + (" (tuned on the validation set)" if a.lam == "auto" else ""))
+    print(f"test set: {len(x)} signals; {seconds:.1f} s for tuning and solving")
+    print(E.format_table(rows))
+    out = a.out or f"{Path(a.problem).stem}-solve.csv"
+    E.to_csv(rows, out, meta=dict(problem=str(a.problem), iters=a.iters, test_size=len(x)))
+    print(f"wrote {out}")
+
+
+def cmd_list(a: argparse.Namespace) -> None:
+    import dataclasses
+
+    from ..models import MODELS
+
+    for name in sorted(MODELS):
+        cls = MODELS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<12} {doc}")
+        defaults = cls.Config()
+        fields = ", ".join(f"{f.name}={getattr(defaults, f.name)!r}" for f in dataclasses.fields(defaults))
+        print(f"{'':<12} {fields}")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    pp = sub.add_parser("problem", help="create problems")
+    psub = pp.add_subparsers(dest="action", required=True, parser_class=Parser)
+    pc = psub.add_parser("create", help="generate a seeded problem and save it to one .npz file")
+    pc.add_argument("out", help="output file (.npz)")
+    add_problem_options(pc)
+    pc.set_defaults(func=cmd_problem_create)
+
+    pw = sub.add_parser("weights", help="analytic W of ALISTA: objective, coherence, time")
+    pw.add_argument("problem")
+    pw.add_argument("--method", choices=METHODS, default="closed-form")
+    pw.add_argument("--out", help="write W (m x n) to this .npy file")
+    pw.set_defaults(func=cmd_weights)
+
+    ps = sub.add_parser("solve", help="classical solvers: per-iteration NMSE table and CSV")
+    ps.add_argument("problem")
+    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt, amp (comma-separated)")
+    ps.add_argument("--iters", type=positive_int, default=16)
+    ps.add_argument("--lam", type=lam_value, default="auto", help="'auto' (tuned on validation) or a value")
+    ps.add_argument("--tune-size", type=positive_int, default=1000, help="validation signals used to tune lambda")
+    add_test_options(ps)
+    ps.add_argument("--out", help="CSV file (default <problem>-solve.csv)")
+    ps.set_defaults(func=cmd_solve)
+
+    pl = sub.add_parser("list", help="every model with its config fields and defaults")
+    pl.set_defaults(func=cmd_list)

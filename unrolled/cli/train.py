@@ -1,0 +1,97 @@
+"""Commands on runs: ``train`` (new or ``--resume``) and ``eval``."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from .. import api
+from .. import evaluation as E
+from ..errors import check
+from ..models import MODELS
+from ..training import LOSSES, SCHEDULES
+from .args import add_test_options, device_arg, number, parse_sets, positive_int
+
+
+def fit(training: api.Training, budget: int | None = None) -> api.Run:
+    """Run ``training``, saying what starts (or resumes) and what it took."""
+    t, cfg = training.trainer, training.config
+    if training.resumed:
+        print(f"resuming {training.dir} at stage {t.c['stage'] + 1}/{len(t.stages)}, "
+              f"step {t.c['step']}, {t.c['samples']:,} samples")
+    elif budget is not None:
+        print(f"training {cfg['model']} (K={training.model.K}) with the {cfg['schedule']} schedule: "
+              f"{len(t.stages)} stage(s), budget {budget:,} samples, device {t.device}")
+    run = training.run()
+    print(f"done: {run.result['samples']:,} samples in {run.result['seconds']:.0f} s; "
+          f"weights in {run.dir.weights_file}")
+    return run
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    if a.resume:
+        check(not (a.out or a.problem or a.model),
+              "--resume RUN continues a run as configured; drop PROBLEM, --model and --out")
+        fit(api.reopen(a.resume, a.device))
+        return
+    check(a.problem is not None, "train needs a PROBLEM file (or --resume RUN)")
+    check(a.model is not None, f"train needs --model; valid: {', '.join(sorted(MODELS))}")
+    check(a.out is not None, "train needs --out RUN (a new run directory)")
+    training = api.prepare(a.problem, a.model, {**parse_sets(a.set), "K": a.layers}, a.schedule, a.budget_samples,
+                           a.out, a.device or torch.device("cpu"), lr=a.lr, patience=a.patience,
+                           init_from=a.init_from, batch=a.batch, loss=a.loss, loss_lam=a.loss_lam,
+                           eval_every=a.eval_every, seed=a.seed)
+    fit(training, a.budget_samples)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    overrides = parse_sets(a.set)
+    if a.split == "validation":
+        check(not a.test_x and a.snr is None and a.test_size is None,
+              "--split validation evaluates the run's own validation set; drop --test-x, --snr and --test-size")
+    run = api.load(a.run, a.device, overrides)
+    rows = api.evaluate(run, split=a.split, test_x=a.test_x, test_size=a.test_size, snr=a.snr)
+    which = "validation set" if a.split == "validation" else "test set"
+    changed = f"; config changed: {rows[0]['overrides']}" if rows[0]["overrides"] else ""
+    print(f"{run.dir}: {rows[0]['samples']:,} training samples, {rows[0]['seconds']} s; "
+          f"{which} {rows[0]['test_size']}{changed}")
+    print(E.format_table(rows))
+    out = run.dir.eval_csv(a.split, overrides)
+    E.to_csv(rows, out)
+    print(f"wrote {out}")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    pt = sub.add_parser("train", help="train a model into a resumable run directory")
+    pt.add_argument("problem", nargs="?", help="problem file (.npz) from `unrolled problem create`")
+    pt.add_argument("--model", help=f"one of: {', '.join(sorted(MODELS))}")
+    pt.add_argument("--layers", type=positive_int, default=16, help="K (default %(default)s)")
+    pt.add_argument("--out", help="new run directory")
+    pt.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
+    pt.add_argument("--schedule", choices=sorted(SCHEDULES), default="end-to-end")
+    pt.add_argument("--loss", choices=LOSSES, default="mse")
+    pt.add_argument("--loss-lam", type=number, default=0.1, help="lambda of the Lasso loss (lasso, semi)")
+    pt.add_argument("--budget-samples", type=positive_int, default=2_000_000)
+    pt.add_argument("--batch", type=positive_int, default=512)
+    pt.add_argument("--lr", type=number, default=None, help="base learning rate (schedule default if omitted)")
+    pt.add_argument("--patience", type=positive_int, default=None, help="steps without improvement per stage")
+    pt.add_argument("--eval-every", type=positive_int, default=50, help="validate and checkpoint every N steps")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="model config field (repeatable; ss=count, ss.ramp=0.5: support selection)")
+    pt.add_argument("--device", type=device_arg, default=None, help="cpu (default; --resume: the run's own) or cuda")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--init-from", metavar="RUN", help="start from the trained weights of RUN (same model; "
+                    "its config may differ, e.g. in support selection: a curriculum)")
+    pt.set_defaults(func=cmd_train)
+
+    pe = sub.add_parser("eval", help="per-layer NMSE of a run next to ISTA/FISTA and the oracle; writes RUN/eval.csv")
+    pe.add_argument("run")
+    add_test_options(pe)
+    pe.add_argument("--split", choices=["test", "validation"], default="test",
+                    help="validation: the run's validation set, to choose inference settings without the test set")
+    pe.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="evaluate with a model-config field changed (e.g. ss.ramp=0.5); "
+                         "writes RUN/eval-SPLIT-KEY=VALUE.csv")
+    pe.add_argument("--device", type=device_arg, default=torch.device("cpu"))
+    pe.set_defaults(func=cmd_eval)
