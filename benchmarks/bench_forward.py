@@ -4,19 +4,14 @@ Setting (defaults): K = 16, a 250 x 500 problem (p = 0.1, 40 dB), 10,000 test ve
 float32, ``torch.inference_mode``; each model runs once to warm up, then the best of 3
 wall-clock times counts.
 
-FLOP counting (analytic, per forward pass; a multiply-add is 2 FLOPs; only matrix
-products are counted — thresholds, support selection and other element-wise work are
-the overhead this benchmark exposes):
+FLOP counting: each model's :meth:`~unrolled.models.UnrolledNet.flops` (its matrix products,
+declared by the model; a multiply-add is 2 FLOPs; thresholds, support selection and other
+element-wise work are the overhead this benchmark exposes).
 
-* gradient-step models (ista, fista, alista, alista-at, aglista, lista-cp, lista-cpss,
-  tilista, slista): ``K * 2 * (2 m n)`` — ``x A^T`` and ``r W`` per layer;
-* na-alista: the same plus, per layer, the LSTM cell ``2 * 4H (inputs + H)`` and the head
-  (``2 * 2H`` for "paper", ``2 (H^2 + 2H)`` for "reference");
-* lista: ``2 m n`` once (``y B^T``) plus ``K * 2 n^2``;
-* lfista: ``2 m n`` once plus ``K * 2 * (2 n^2)`` (``W_g`` and ``W_m``);
-* lwa, dense-lista: ``2 m n`` once plus ``K * 2 n^2``, plus ``2 n^2`` per extra connection
-  with momentum injection;
-* any other model: not counted (``n/a``), samples/s only.
+Backends (``--backends``, one row per model and backend): ``reference`` (plain autograd
+maths), ``torch`` (the fast autograd nodes in PyTorch), ``numba`` (the same with the fused
+Numba kernels, where installed) and ``compile`` (``torch.compile`` of the model under the
+reference backend, inductor; its compilation time is reported separately and not counted).
 
 The ceiling is the same two products as one ALISTA layer, ``(batch x n) @ (n x m)`` and
 ``(batch x m) @ (m x n)``, timed the same way: ``ceiling = 2 * 2 batch m n / (t1 + t2)``,
@@ -28,7 +23,8 @@ of the two.
 Usage::
 
     python benchmarks/bench_forward.py [--device cpu|cuda] [--models NAME[:KEY=VALUE...] ...]
-                                       [--batch 10000] [--threads N] [--out benchmarks/results/forward_cpu.csv]
+                                       [--backends fast,reference,...] [--batch 10000] [--threads N]
+                                       [--out benchmarks/results/forward_cpu.csv]
 """
 
 from __future__ import annotations
@@ -44,37 +40,12 @@ from pathlib import Path
 
 import torch
 
+from unrolled import ops
 from unrolled.cpu import keep_freed_memory
 from unrolled.io import write_text
 from unrolled.models import MODELS, build
 from unrolled.models.base import block_rows
-from unrolled.models.design_space import extra_connections
 from unrolled.problem import Problem, ProblemSpec
-
-GRADIENT_STEP = {"ista", "fista", "alista", "alista-at", "aglista", "lista-cp", "lista-cpss", "tilista", "slista",
-                 "amp", "lamp"}  # AMP: A x and B^T v per layer, like a gradient step
-
-
-def matmul_flops(model, batch: int) -> float | None:
-    """Matrix-product FLOPs of one forward pass (see the module docstring), or None if unknown."""
-    m, n, K, name = model.m, model.n, model.K, model.name
-    if name in GRADIENT_STEP:
-        per = K * 4 * m * n
-    elif name == "na-alista":
-        c = model.config
-        n_in = 2 if c.inputs == "both" else 1
-        head = 4 * c.H if c.head == "paper" else 2 * (c.H * c.H + 2 * c.H)
-        per = K * (4 * m * n + 8 * c.H * (n_in + c.H) + head)
-    elif name == "lista":
-        per = 2 * m * n + K * 2 * n * n
-    elif name == "lfista":
-        per = 2 * m * n + K * 4 * n * n
-    elif name in ("lwa", "dense-lista"):
-        extra = extra_connections(model.config.gates) if model.config.injection == "momentum" else 0
-        per = 2 * m * n + (K + extra) * 2 * n * n
-    else:
-        return None
-    return float(per) * batch
 
 
 def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -119,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--models", nargs="+", default=sorted(MODELS), metavar="NAME[:KEY=VALUE...]",
                     help="registered names, optionally with config overrides (default: all registered)")
+    ap.add_argument("--backends", default="fast",
+                    help="comma-separated: fast, reference, torch, numba, compile (default %(default)s)")
     ap.add_argument("--batch", type=int, default=10000)
     ap.add_argument("--K", type=int, default=16)
     ap.add_argument("--m", type=int, default=250)
@@ -168,33 +141,46 @@ def main(argv: list[str] | None = None) -> int:
             "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
     rows = []
 
+    backends = [b for b in args.backends.split(",") if b]
+    for b in backends:
+        if b != "compile":
+            ops.dispatch.resolve(b)  # an unknown or unavailable backend fails here, before any work
     for name, overrides in specs:
-        model = build(name, problem, {"K": args.K, **overrides}, dtype).to(device).eval()
-        with torch.inference_mode():
-            seconds = best_time(lambda model=model: model(y), device, args.repeats)
-        flops = matmul_flops(model, B)
-        gflops = flops / seconds / 1e9 if flops is not None else float("nan")
-        rows.append({"model": name, "config": ":".join(f"{k}={v}" for k, v in overrides.items()),
-                     "seconds": seconds, "samples_per_s": B / seconds,
-                     "gflop": flops / 1e9 if flops is not None else float("nan"), "gflops": gflops, **meta})
-        del model
+        for backend in backends:
+            model = build(name, problem, {"K": args.K, **overrides}, dtype).to(device).eval()
+            flops = model.flops(B)
+            with ops.backend("reference" if backend == "compile" else backend) as resolved, torch.inference_mode():
+                compile_s = 0.0
+                if backend == "compile":
+                    start = time.perf_counter()
+                    model = torch.compile(model)
+                    model(y)
+                    compile_s = time.perf_counter() - start
+                seconds = best_time(lambda model=model: model(y), device, args.repeats)
+            rows.append({"model": name, "config": ":".join(f"{k}={v}" for k, v in overrides.items()),
+                         "backend": backend if backend == "compile" else resolved, "seconds": seconds,
+                         "samples_per_s": B / seconds, "gflop": flops / 1e9, "gflops": flops / seconds / 1e9,
+                         "compile_s": compile_s, **meta})
+            del model
 
     # The machine may be shared: the ceiling is the better of a measurement before and after the models.
     t_ceiling = min(t_before, ceiling_time())
     ceiling = 4 * B * m * n / t_ceiling / 1e9
-    rows.insert(0, {"model": "matmul-ceiling", "config": "", "seconds": t_ceiling, "samples_per_s": "",
-                    "gflop": 4 * B * m * n / 1e9, "gflops": ceiling, **meta})
+    rows.insert(0, {"model": "matmul-ceiling", "config": "", "backend": "", "seconds": t_ceiling, "samples_per_s": "",
+                    "gflop": 4 * B * m * n / 1e9, "gflops": ceiling, "compile_s": 0.0, **meta})
     for r in rows:
         r["pct_of_ceiling"] = 100 * r["gflops"] / ceiling
 
     print(f"device {device} ({meta['machine']}, {threads} threads), {args.dtype}, batch {B}, K {args.K}, {m}x{n}; "
           f"best of {args.repeats} after a warm-up; freed memory kept: {malloc_kept}; "
           f"load average {meta['load_avg_1min']:.2f} at the start")
-    print(f"{'model':<28} {'seconds':>8} {'samples/s':>10} {'GFLOP':>7} {'GFLOP/s':>8} {'% ceiling':>9}")
+    head = f"{'seconds':>8} {'samples/s':>10} {'GFLOP':>7} {'GFLOP/s':>8} {'% ceiling':>9}"
+    print(f"{'model':<28} {'backend':<10} {head}")
     for r in rows:
         label = r["model"] + (f" [{r['config']}]" if r["config"] else "")
         sps = f"{r['samples_per_s']:10.0f}" if r["samples_per_s"] != "" else f"{'':>10}"
-        print(f"{label:<28} {r['seconds']:8.3f} {sps} {r['gflop']:7.1f} {r['gflops']:8.1f} {r['pct_of_ceiling']:8.0f}%")
+        print(f"{label:<28} {r['backend']:<10} {r['seconds']:8.3f} {sps} {r['gflop']:7.1f} {r['gflops']:8.1f} "
+              f"{r['pct_of_ceiling']:8.0f}%" + (f"  (compiled in {r['compile_s']:.0f} s)" if r["compile_s"] else ""))
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))

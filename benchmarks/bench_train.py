@@ -1,18 +1,21 @@
 """Training throughput: ms per Adam step and effective GFLOP/s next to the matmul ceiling.
 
-    python benchmarks/bench_train.py [--models alista,na-alista,lista] [--batch 512] [--device cpu]
-                                     [--runs RUN ...]
+    python benchmarks/bench_train.py [--models alista,na-alista,lista] [--backends fast,reference,...]
+                                     [--batch 512] [--device cpu] [--runs RUN ...]
 
 Models are built at their initialisation; ``--runs`` adds finished runs' trained models (on
 their own problems): data-dependent work such as the support selection differs once trained
-(functional.selection_cut skips rows whose support has settled).
+(the fast selection skips rows whose support has settled).
 
-Flop count per step (float32, batch B, K layers, A: m x n): every layer's matrix products
-are counted as ``2 B * (inner) * (outer)``; the backward pass of a product costs twice its
-forward when the weight is trained (gradients for input and weight) and once when only the
-input needs a gradient (A and analytic W are fixed buffers). NA-ALISTA's LSTM cell and head
-count as trained products (3x their forward). Element-wise work (threshold, top-k, gates) is
-not counted, so the figure is a lower bound on the work done.
+Backends (``--backends``, one row per model and backend): ``reference`` (plain autograd),
+``torch`` (the fast autograd nodes), ``numba`` (with the fused kernels), ``fast`` (the
+default: numba where installed) and ``compile`` (``torch.compile`` of the model under the
+reference backend; compilation is done before timing and reported separately).
+
+Flop count per step: each model's ``flops(batch, backward=True)`` (its declared matrix
+products, ``2 B (inner) (outer)`` each; a product's backward costs one more product for the
+input's gradient and one for a trained matrix's). Element-wise work (threshold, top-k, gates)
+is not counted, so the figure is a lower bound on the work done.
 The ceiling is the best of a (B x m) @ (m x n) and (B x n) @ (n x m) product timed the
 same way. The models run in ``--rounds`` interleaved rounds (each the best of 3 timings of ``--steps`` steps);
 a model's step time is its best over the rounds and its ceiling the best measured right
@@ -23,6 +26,7 @@ what the matmul did at the same time.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -31,29 +35,11 @@ from pathlib import Path
 import torch
 
 import unrolled as ur
-from unrolled import Problem, ProblemSpec
+from unrolled import Problem, ProblemSpec, ops
 from unrolled.cpu import keep_freed_memory
 from unrolled.errors import check
 from unrolled.io import write_text
 from unrolled.models import build
-
-
-def step_flops(model, B: int) -> float:
-    """Forward + backward matmul flops of one training step (see module docstring)."""
-    m, n, K, name = model.m, model.n, model.K, model.name
-    mn = 2 * B * m * n
-    if name in ("alista", "alista-at", "aglista", "slista"):
-        return K * (2 * mn) * 2  # two products per layer, each: forward + input-gradient
-    if name == "na-alista":  # the same, plus the LSTM cell and head on (B x inputs), trained (x 3)
-        c = model.config
-        n_in = 2 if c.inputs == "both" else 1
-        head = 4 * c.H if c.head == "paper" else 2 * (c.H * c.H + 2 * c.H)
-        return K * (2 * mn) * 2 + 3 * K * B * (8 * c.H * (n_in + c.H) + head)
-    if name in ("lista",):  # B y once (trained), W_t x per layer (trained, n x n)
-        return mn * 3 + K * (2 * B * n * n) * 3
-    if name in ("lista-cp", "lista-cpss", "tilista"):  # A x fixed, W_t r trained
-        return K * (mn * 2 + mn * 3)
-    return K * (2 * mn) * 2
 
 
 def timed(fn, repeats: int) -> float:
@@ -83,6 +69,8 @@ def ceiling(B: int, m: int, n: int, device: torch.device) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="alista,na-alista,lista")
+    ap.add_argument("--backends", default="fast",
+                    help="comma-separated: fast, reference, torch, numba, compile (default %(default)s)")
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--steps", type=int, default=10)
@@ -104,43 +92,55 @@ def main() -> None:
         check((run_problem.m, run_problem.n) == (m, n), f"{path} is a {run_problem.m}x{run_problem.n} problem; "
                                                           f"the benchmark's ceiling is for {m}x{n}")
         models.append((f"{model.name} ({Path(path).name})", model, run_problem))
+    backends = [b for b in a.backends.split(",") if b]
+    resolved = {b: "compile" if b == "compile" else ops.dispatch.resolve(b) for b in backends}  # fails before work
     runs = {}
     for name, model, prob in models:
-        model = model.to(dev)
-        x, y = prob.sample(B, torch.Generator().manual_seed(0))
-        x, y = x.to(dev), y.to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as the trainer (unrolled/training/trainer.py)
+        for backend in backends:
+            net = copy.deepcopy(model).to(dev)  # each backend trains its own copy from the same start
+            x, y = prob.sample(B, torch.Generator().manual_seed(0))
+            x, y = x.to(dev), y.to(dev)
+            opt = torch.optim.Adam(net.parameters(), lr=1e-4, fused=True)  # as unrolled/training/trainer.py
+            use = "reference" if backend == "compile" else backend
+            forward = torch.compile(net) if backend == "compile" else net
 
-        def steps(model=model, opt=opt, x=x, y=y):
-            for _ in range(a.steps):
-                opt.zero_grad(set_to_none=True)
-                loss = ((model(y) - x) ** 2).sum(1).mean()
-                loss.backward()
-                opt.step()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
+            def steps(forward=forward, opt=opt, x=x, y=y, use=use):
+                with ops.backend(use):
+                    for _ in range(a.steps):
+                        opt.zero_grad(set_to_none=True)
+                        loss = ((forward(y) - x) ** 2).sum(1).mean()
+                        loss.backward()
+                        opt.step()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
 
-        runs[name] = dict(model=model, steps=steps, sec=float("inf"), peak=0.0)
+            start = time.perf_counter()
+            if backend == "compile":
+                steps()  # compiles the forward and backward graphs
+            runs[(name, backend)] = dict(model=net, steps=steps, sec=float("inf"), peak=0.0,
+                                         compile_s=time.perf_counter() - start if backend == "compile" else 0.0)
     for _ in range(a.rounds):  # interleaved: a slow stretch of a shared machine hits every model alike
         for run in runs.values():
             before = ceiling(B, m, n, dev)
             run["sec"] = min(run["sec"], timed(run["steps"], 3) / a.steps)
             run["peak"] = max(run["peak"], before, ceiling(B, m, n, dev))
     rows = []
-    for name, run in runs.items():
+    for (name, backend), run in runs.items():
         sec, peak = run["sec"], run["peak"]
-        gflops = step_flops(run["model"], B) / sec / 1e9
-        rows.append(dict(model=name, ms_per_step=1e3 * sec, gflops=gflops, ceiling_gflops=peak,
+        gflops = run["model"].flops(B, backward=True) / sec / 1e9
+        rows.append(dict(model=name, backend=resolved[backend], compile_s=run["compile_s"], ms_per_step=1e3 * sec,
+                         gflops=gflops, ceiling_gflops=peak,
                          fraction=gflops / peak, rounds=a.rounds, batch=B, K=run["model"].K, m=m, n=n, device=str(dev),
                          threads=torch.get_num_threads(), malloc_kept=malloc_kept, torch=torch.__version__,
                          cpu=platform.processor()))
     print(f"training step, batch {B}, K={K}, {m}x{n}, float32, {dev} ({torch.get_num_threads()} threads); "
           f"best of {a.rounds} interleaved rounds; matmul ceiling: the best measured right before or after the model")
     width = max(12, *(len(r["model"]) + 2 for r in rows))
-    print(f"{'model':<{width}}{'ms/step':>10}{'GFLOP/s':>10}{'ceiling':>10}{'of ceiling':>12}")
+    print(f"{'model':<{width}}{'backend':<11}{'ms/step':>10}{'GFLOP/s':>10}{'ceiling':>10}{'of ceiling':>12}")
     for r in rows:
-        print(f"{r['model']:<{width}}{r['ms_per_step']:>10.1f}{r['gflops']:>10.1f}{r['ceiling_gflops']:>10.1f}"
-              f"{100 * r['fraction']:>11.0f}%")
+        print(f"{r['model']:<{width}}{r['backend']:<11}{r['ms_per_step']:>10.1f}{r['gflops']:>10.1f}"
+              f"{r['ceiling_gflops']:>10.1f}{100 * r['fraction']:>11.0f}%"
+              + (f"  (compiled in {r['compile_s']:.0f} s)" if r["compile_s"] else ""))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_text(a.out, json.dumps(rows, indent=2) + "\n")
     print(f"wrote {a.out}")
