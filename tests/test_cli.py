@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ import scipy.io
 import torch
 
 from unrolled.cli import build_parser, main
+from unrolled.errors import UsageError
 
 SMALL = ["--m", "23", "--n", "41", "--val-size", "40", "--test-size", "30"]
 
@@ -240,3 +244,24 @@ def test_solve_with_amp(tmp_path, capsys, prob):
     assert main(["problem", "create", str(gamma), *SMALL, "--signal", "gamma"]) == 0
     fails(capsys, ["solve", gamma, "--algo", "amp", "--out", tmp_path / "g.csv"], "amp needs signals with zeros",
           out=tmp_path / "g.csv")
+
+
+def documented_commands():
+    """Every ``unrolled ...`` line of the shell blocks of the README and the user guide."""
+    root = Path(__file__).resolve().parents[1]
+    for doc in ("README.md", "docs/guide.md"):
+        for block in re.findall(r"```sh\n(.*?)```", (root / doc).read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                if words[:1] == ["unrolled"]:
+                    yield doc, words[1:]
+
+
+def test_documented_commands_parse():
+    commands = list(documented_commands())
+    assert len(commands) > 15
+    for doc, words in commands:
+        try:
+            build_parser().parse_args(words)
+        except UsageError as e:
+            raise AssertionError(f"{doc}: unrolled {' '.join(words)}: {e}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,3 +75,21 @@ def test_classical_rows_auto_lambda_is_the_tuned_one(data):
     rows = E.classical_rows(p.A, x, y, xv, yv, 5, ("fista",), lam="auto")
     assert rows[0]["lam"] == S.tune_lambda("fista", p.A, xv, yv, 5)[0]
     assert not math.isnan(rows[-1]["nmse_db"])
+
+
+def test_matplotlib_is_imported_only_to_draw_a_figure():
+    code = ("import sys, unrolled, unrolled.cli, unrolled.repro, unrolled.plots; "
+            "from unrolled.cli import build_parser; build_parser(); print('matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_a_figure_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
+    from unrolled import UsageError, plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    rows = [dict(method="ista", layer=0, nmse_db=0.0), dict(method="ista", layer=1, nmse_db=-1.0)]
+    with pytest.raises(UsageError) as e:
+        plots.plot_layers(rows, tmp_path / "f.png")
+    assert "\n" not in str(e.value) and "pip install 'unrolled[plot]'" in str(e.value)
+    assert not (tmp_path / "f.png").exists()

@@ -177,8 +177,9 @@ def prepare(problem: Problem | str | Path, model: str | UnrolledNet, config: dic
         trainer = Trainer(net, problem, stages, opts, rd, log)
         trainer.resume()
         return Training(trainer, net, problem, stored, rd, resumed=True)
+    trainer = Trainer(net, problem, stages, opts, rd, log)  # its checks come before anything is written
     cfg = rd.create(problem, problem_file, cfg) if rd is not None else json.loads(json.dumps(cfg, allow_nan=True))
-    return Training(Trainer(net, problem, stages, opts, rd, log), net, problem, cfg, rd)
+    return Training(trainer, net, problem, cfg, rd)
 
 
 def reopen(run_dir: str | Path | RunDir, device: str | torch.device | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -74,17 +75,26 @@ def cmd_solve(a: argparse.Namespace) -> None:
 
 
 def cmd_list(a: argparse.Namespace) -> None:
-    import dataclasses
-
     from ..models import MODELS
 
     for name in sorted(MODELS):
         cls = MODELS[name]
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:<12} {doc}")
-        defaults = cls.Config()
-        fields = ", ".join(f"{f.name}={getattr(defaults, f.name)!r}" for f in dataclasses.fields(defaults))
-        print(f"{'':<12} {fields}")
+        print(f"{'':<12} {', '.join(f'{k}={v!r}' for k, v in settable(cls.Config()).items())}")
+
+
+def settable(config) -> dict:
+    """A config's fields as ``--set`` keys: a nested config (support selection) as ``ss=MODE, ss.FIELD``."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and "mode" in (inner := dataclasses.asdict(value)):
+            out[f.name] = inner.pop("mode")
+            out.update({f"{f.name}.{k}": v for k, v in inner.items()})
+        else:
+            out[f.name] = value
+    return out
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
