@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import ops
 from ..cpu import keep_freed_memory
 from ..errors import UsageError
 from . import demo, problem, repro, train
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        ops.dispatch.resolve(ops.dispatch.selected())  # a bad $UNROLLED_BACKEND fails before any work
         keep_freed_memory()  # large batches: no page faults for every temporary (unrolled/cpu.py)
         args.func(args)
     except UsageError as e:

@@ -83,7 +83,9 @@ def _selection(cls: type, value: Any, changes: dict[str, Any]) -> Selection:
 
 
 def config_fields(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
+    """Each field's default (a factory's product for ``ss``)."""
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:

@@ -45,6 +45,8 @@ def numba_available() -> bool:
 
 def resolve(name: str) -> str:
     """``name`` as one of ``reference``, ``torch``, ``numba``; fails for ``numba`` without Numba."""
+    if name in ("reference", "torch"):  # the common cases first: this runs for every op
+        return name
     choice(name, BACKENDS, "backend")
     if name == "fast":
         return "numba" if numba_available() else "torch"
@@ -60,12 +62,17 @@ def selected() -> str:
 
 
 def _capturing() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def active() -> str:
     """The implementation that runs now: ``reference``, ``torch`` or ``numba``."""
-    return "reference" if _capturing() else resolve(selected())
+    if _capturing():
+        return "reference"
+    name = _selected.get() or os.environ.get(ENV) or "fast"
+    if name == "fast":
+        return "numba" if numba_available() else "torch"
+    return resolve(name)
 
 
 @contextlib.contextmanager
