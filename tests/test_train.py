@@ -267,3 +267,25 @@ def test_init_from_warm_starts_with_the_source_weights(tmp_path, problem_file, c
           "--init-from", str(src), "--budget-samples", "64", "--batch", "64", "--lr", "1e-9"]
     assert main(at) == 0
     assert json.loads((tmp_path / "at" / "config.json").read_text())["init_from"]["model"] == "alista"
+
+
+def test_only_finite_states_near_the_best_count_as_last_good(monkeypatch):
+    # Validations -5 (start), -6, +100, NaN, -5.5 dB: with a 3 dB margin, the +100 dB and the NaN
+    # states are not "good", so a rollback after them returns to the -6 dB state.
+    from unrolled.training.trainer import GOOD_MARGIN_DB
+
+    assert GOOD_MARGIN_DB == 3.0
+    problem = small_problem()
+    model = build("alista", problem, dict(K=3), torch.float64)
+    stage = Stage("e2e", (1, 2, 3), 3, lr=1e-3, max_steps=25, patience=10**9)
+    trainer = Trainer(model, problem, [stage], TrainOptions(batch=32, eval_every=5, val_size=100))
+    values = iter([-5.0, -6.0, 100.0, math.nan, -5.5, -5.7])
+    monkeypatch.setattr(trainer, "validate", lambda s: next(values))
+    good = []
+
+    def record():
+        good.append(all(torch.equal(trainer.last_good[0][k], p) for k, p in trainer.params.items()))
+
+    monkeypatch.setattr(trainer, "_write_state", record)
+    trainer.run()
+    assert good[:5] == [True, False, False, True, True]

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import evaluation as E
-from .errors import check, choice
+from .errors import UsageError, check, choice
 from .models import MODELS, Config, UnrolledNet, build, make_config
 from .problem import Problem
 from .solvers import SOLVERS
@@ -99,16 +99,22 @@ class Training:
     resumed: bool = False
 
     def run(self) -> Run:
-        """Train through the remaining stages, write the weights and ``result.json``; the run."""
-        if self.trainer is None:
-            result = self.dir.read_result()
-            self.dir.load_weights(self.model, result)
-        else:
-            t = self.trainer
-            t.run()
-            result = self.dir.finish(t) if self.dir is not None else dict(
-                weights_sha256=None, samples=t.c["samples"], steps=t.c["total_steps"], seconds=t.seconds,
-                nan_events=t.c["nan_events"], device=str(t.device))
+        """Train through the remaining stages, write the weights and ``result.json``; the run.
+
+        The run directory stays locked (:meth:`RunDir.lock`) until this returns or fails."""
+        try:
+            if self.trainer is None:
+                result = self.dir.read_result()
+                self.dir.load_weights(self.model, result)
+            else:
+                t = self.trainer
+                t.run()
+                result = self.dir.finish(t) if self.dir is not None else dict(
+                    weights_sha256=None, samples=t.c["samples"], steps=t.c["total_steps"], seconds=t.seconds,
+                    nan_events=t.c["nan_events"], device=str(t.device))
+        finally:
+            if self.dir is not None:
+                self.dir.unlock()
         return Run(self.model.eval(), self.problem, self.config, result, self.dir)
 
 
@@ -152,7 +158,10 @@ def prepare(problem: Problem | str | Path, model: str | UnrolledNet, config: dic
     """:func:`train` up to the first step: checks everything, writes the run directory, and
     returns the :class:`Training` (for callers that report what they start)."""
     rd = out if isinstance(out, RunDir) or out is None else RunDir(out)
-    check(rd is None or not rd.started or resume, f"{rd} already holds a run; continue it with --resume {rd}")
+    if rd is not None and rd.started and not resume:
+        pid = rd.writer()
+        check(pid is None, f"{rd} already holds a run, being trained by another process (PID {pid})")
+        raise UsageError(f"{rd} already holds a run; continue it with --resume {rd}")
     problem_file = None
     if not isinstance(problem, Problem):
         problem_file, problem = Path(problem), Problem.load(problem)
@@ -169,35 +178,64 @@ def prepare(problem: Problem | str | Path, model: str | UnrolledNet, config: dic
     check(not clash, f"meta may not set {', '.join(clash)}: those entries of config.json are the run's own")
     cfg.update(meta or {})
     net = net.to(device)
-    if rd is not None and rd.started:
-        stored = rd.read_config()
-        _check_same(rd, stored, cfg, problem)
-        if rd.finished:
-            return Training(None, net, problem, stored, rd)
-        trainer = Trainer(net, problem, stages, opts, rd, log)
-        trainer.resume()
-        return Training(trainer, net, problem, stored, rd, resumed=True)
     trainer = Trainer(net, problem, stages, opts, rd, log)  # its checks come before anything is written
-    cfg = rd.create(problem, problem_file, cfg) if rd is not None else json.loads(json.dumps(cfg, allow_nan=True))
-    return Training(trainer, net, problem, cfg, rd)
+    if rd is None:
+        return Training(trainer, net, problem, json.loads(json.dumps(cfg, allow_nan=True)), rd)
+    try:
+        if rd.started:
+            rd.read_config()  # a run directory, before its .lock is made
+            rd.lock()
+            stored = rd.read_config()
+            _check_same(rd, stored, cfg, problem)
+            if rd.finished:
+                return Training(None, net, problem, stored, rd)
+            trainer.resume()
+            return Training(trainer, net, problem, stored, rd, resumed=True)
+        return Training(trainer, net, problem, rd.create(problem, problem_file, cfg), rd)  # create locks
+    except BaseException:
+        rd.unlock()
+        raise
 
 
 def reopen(run_dir: str | Path | RunDir, device: str | torch.device | None = None,
            log: Callable[[str], None] | None = None) -> Training:
     """The :class:`Training` of the run in ``run_dir``, at its last checkpoint if it has one."""
     rd = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    cfg = rd.read_config()
-    problem = rd.read_problem(cfg)
-    model = build(cfg["model"], problem, cfg["model_config"])
-    if "init_from" in cfg:  # a warm start: the parameters of another run
-        init = cfg["init_from"]
-        load_weights(model, Path(init["run"]) / "weights.safetensors", init["weights_sha256"])
-    model = model.to(torch.device(cfg["device"]) if device is None else device)
-    trainer = Trainer(model, problem, RunDir.stages(cfg), TrainOptions(**cfg["options"]), rd, log)
-    started = rd.started
-    if started:
-        trainer.resume()
+    rd.read_config()  # a run directory, before its .lock is made
+    rd.lock()
+    try:
+        cfg = rd.read_config()
+        problem = rd.read_problem(cfg)
+        model = build(cfg["model"], problem, cfg["model_config"])
+        if "init_from" in cfg:  # a warm start: the parameters of another run
+            init = cfg["init_from"]
+            load_weights(model, Path(init["run"]) / "weights.safetensors", init["weights_sha256"])
+        model = model.to(_device(cfg, device, log))
+        trainer = Trainer(model, problem, RunDir.stages(cfg), TrainOptions(**cfg["options"]), rd, log)
+        started = rd.started
+        if started:
+            trainer.resume()
+        else:  # killed before its first checkpoint: metrics of that attempt are dropped
+            rd.truncate_metrics(0)
+    except BaseException:
+        rd.unlock()
+        raise
     return Training(trainer, model, problem, cfg, rd, resumed=started)
+
+
+def _device(cfg: dict, device: str | torch.device | None, log: Callable[[str], None] | None) -> torch.device:
+    """``device``, or the run's own; a CUDA run continues on the CPU (with a note) where there is no GPU."""
+    if device is not None:
+        return torch.device(device)
+    try:
+        own = torch.device(cfg.get("device", "cpu"))
+    except (RuntimeError, TypeError):
+        raise UsageError(f"config.json has device {cfg.get('device')!r}; it was edited or damaged") from None
+    if own.type == "cuda" and not torch.cuda.is_available():
+        (log or Trainer._default_log)(f"note: the run was trained on {own}; this machine has no CUDA device, "
+                                      f"so it continues on the CPU")
+        return torch.device("cpu")
+    return own
 
 
 def _model(model: str | UnrolledNet, config: dict | Config | None, problem: Problem) -> UnrolledNet:

@@ -20,10 +20,51 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary file beside ``path``, fsync, then rename over ``path``.
+FAULT_ENV = "UNROLLED_FAULT_AT"
+_fault_hook: Callable[[str], None] | None = None
+_fault_count = 0
 
-    A reader sees either the old file or the complete new one, never a half-written file.
+
+def fault_point(where: str) -> None:
+    """An instant between two writes where a test may kill the process.
+
+    Tests set ``_fault_hook``; ``$UNROLLED_FAULT_AT=N`` ends the process (``os._exit(75)``,
+    no cleanup, like ``kill -9``) at the N-th such instant, counting from 1.
+    """
+    global _fault_count
+    _fault_count += 1
+    if _fault_hook is not None:
+        _fault_hook(where)
+    elif os.environ.get(FAULT_ENV) == str(_fault_count):
+        os._exit(75)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make the renames and creations inside directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def open_nofollow(path: str | Path, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses to follow a symbolic link at ``path`` (one line, not ELOOP)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if Path(path).is_symlink():
+            raise UsageError(f"{path} is a symbolic link; refusing to write through it") from None
+        raise UsageError(f"cannot open {path}: {e.strerror}") from None
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync, rename over ``path``, fsync
+    the directory.
+
+    A reader sees either the old file or the complete new one, never a half-written file; a
+    symbolic link at ``path`` is replaced, never written through. A process killed part-way
+    leaves at most a ``.NAME.*.tmp`` file, which :meth:`RunDir.lock` cleans.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,12 +73,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            fault_point(f"{path.name}: written, not synced")
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        fault_point(f"{path.name}: synced, not renamed")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point(f"{path.name}: renamed, directory not synced")
+    fsync_dir(path.parent)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -131,8 +176,34 @@ def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadat
     return hashlib.sha256(data).hexdigest()
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor], text: str) -> str:
+    """SHA-256 of ``text`` and every tensor's name, dtype, shape and bytes (in name order)."""
+    h = hashlib.sha256(text.encode())
+    for k in sorted(tensors):
+        v = tensors[k].detach().cpu().contiguous()
+        h.update(f"\0{k}\0{v.dtype}\0{tuple(v.shape)}\0".encode())
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def safetensors_metadata(path: str | Path, data: bytes) -> dict:
+    """The ``unrolled`` metadata of safetensors bytes ``data`` (read from ``path``); ``{}`` if none."""
+    try:
+        n = int.from_bytes(data[:8], "little")
+        check(8 + n <= len(data), "header runs past the end of the file")
+        header = json.loads(data[8:8 + n])
+        return json.loads(header.get("__metadata__", {}).get("unrolled", "{}"))
+    except (UsageError, ValueError, AttributeError) as e:
+        raise UsageError(f"weights file {path} is not a valid safetensors file: {e}") from None
+
+
 def load_safetensors(path: str | Path, expect_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read tensors, refusing a file whose hash differs from the one recorded when it was written."""
+    return read_safetensors(path, expect_sha256)[0]
+
+
+def read_safetensors(path: str | Path, expect_sha256: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """:func:`load_safetensors` and the file's ``unrolled`` metadata."""
     from safetensors.torch import load
 
     path = Path(path)
@@ -140,7 +211,8 @@ def load_safetensors(path: str | Path, expect_sha256: str | None = None) -> dict
     data = path.read_bytes()
     if expect_sha256 is not None and hashlib.sha256(data).hexdigest() != expect_sha256:
         raise UsageError(f"weights file {path} does not match its recorded checksum: it is corrupted or was modified")
+    meta = safetensors_metadata(path, data)
     try:
-        return load(data)
+        return load(data), meta
     except Exception as e:
         raise UsageError(f"weights file {path} is not a valid safetensors file: {e}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ..errors import check, choice
@@ -31,7 +32,7 @@ class Stage:
 
     def __post_init__(self) -> None:
         check(self.max_steps >= 1, f"stage {self.name}: max_steps must be >= 1")
-        check(self.lr > 0, f"stage {self.name}: lr must be > 0")
+        check(math.isfinite(self.lr) and self.lr > 0, f"stage {self.name}: lr={self.lr} must be a finite number > 0")
         check(all(1 <= l <= self.depth for l in self.layers), f"stage {self.name}: layers must be in 1..depth")
 
     def lr_of(self, layer: int) -> float:

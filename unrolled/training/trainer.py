@@ -26,6 +26,14 @@ from ..problem import Problem
 from .rundir import RunDir
 from .schedule import LOSSES, Stage
 
+GOOD_MARGIN_DB = 3.0  # a validated state counts as "last good" if within this of the stage's best (NMSE)
+GOOD_MARGIN_LASSO = 0.1  # ... or, for the Lasso loss, within this fraction above the best objective
+MAX_ROLLBACKS = 20  # per stage: the learning rate halves each time (x 1e-6 at the end)
+
+
+class Diverged(UsageError):
+    """Training diverged again and again; the best weights were kept."""
+
 
 @dataclass
 class TrainOptions:
@@ -64,7 +72,7 @@ class Trainer:
         self.params = dict(model.named_parameters())
         self.gen = torch.Generator().manual_seed(options.seed)
         self.c = dict(stage=0, step=0, total_steps=0, samples=0, best=math.inf, since_best=0, lr_scale=1.0,
-                      loss_sum=0.0, loss_count=0, metrics_bytes=0, nan_events=0, done=False)
+                      loss_sum=0.0, loss_count=0, metrics_bytes=0, nan_events=0, stage_rollbacks=0, done=False)
         self.best = self._snapshot()
         self.optim: torch.optim.Optimizer | None = None
         self.last_good: tuple[dict, dict] | None = None
@@ -132,26 +140,26 @@ class Trainer:
             for k, p in self.params.items():
                 p.copy_(snap[k])
 
-    def _optim_tensors(self) -> dict[str, Tensor]:
+    def _optim_tensors(self, state: dict | None = None, prefix: str = "optim/") -> dict[str, Tensor]:
         out = {}
         if self.optim is None:
             return out
+        state = self.optim.state if state is None else state
         index = {id(p): k for k, p in self.params.items()}
         for group in self.optim.param_groups:
             for p in group["params"]:
-                for name, v in self.optim.state.get(p, {}).items():
-                    out[f"optim/{index[id(p)]}/{name}"] = torch.as_tensor(v)
+                for name, v in state.get(p, {}).items():
+                    out[f"{prefix}{index[id(p)]}/{name}"] = torch.as_tensor(v)
         return out
 
-    def _load_optim_tensors(self, tensors: dict[str, Tensor]) -> None:
+    def _optim_state_from(self, tensors: dict[str, Tensor], prefix: str = "optim/") -> dict:
+        state: dict = {}
         for key, v in tensors.items():
-            if key.startswith("optim/"):
-                _, pname, name = key.split("/")
+            if key.startswith(prefix):
+                pname, name = key[len(prefix):].split("/")
                 p = self.params[pname]
-                self.optim.state[p][name] = v.to(p.device) if name != "step" else v
-        for st in self.optim.state.values():
-            if "step" in st:
-                st["step"] = st["step"].to(torch.float32)
+                state.setdefault(p, {})[name] = v.to(p.device) if name != "step" else v.to(torch.float32)
+        return state
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -161,6 +169,9 @@ class Trainer:
         tensors = {f"param/{k}": v for k, v in self._snapshot().items()}
         tensors.update({f"best/{k}": v for k, v in self.best.items()})
         tensors.update(self._optim_tensors())
+        if self.last_good is not None and self.optim is not None:
+            tensors.update({f"good/{k}": v for k, v in self.last_good[0].items()})
+            tensors.update(self._optim_tensors(self.last_good[1], "good-optim/"))
         tensors["generator"] = self.gen.get_state()
         self.run_dir.save_state(tensors, {**self.c, "seconds": self.seconds})
 
@@ -174,10 +185,15 @@ class Trainer:
         self.best = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
         self.gen.set_state(tensors["generator"])
         self.run_dir.truncate_metrics(self.c["metrics_bytes"])  # lines written after the checkpoint
-        if not self.c["done"]:
+        if not self.c["done"] and self.c["stage"] < len(self.stages):
             self.optim = self._make_optim(self.stages[self.c["stage"]])
-            self._load_optim_tensors(tensors)
-            self.last_good = (self._snapshot(), self._optim_state_copy())
+            for p, st in self._optim_state_from(tensors).items():
+                self.optim.state[p].update(st)
+            if any(k.startswith("good/") for k in tensors):
+                good = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("good/")}
+                self.last_good = (good, self._optim_state_from(tensors, "good-optim/"))
+            else:  # format v1: the checkpoint was the last good state
+                self.last_good = (self._snapshot(), self._optim_state_copy())
 
     def _append_metrics(self, row: dict) -> None:
         if self.run_dir is None:
@@ -190,9 +206,16 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def _rollback(self, stage: Stage, reason: str) -> None:
-        """Non-finite loss: restore the last validated state and halve the learning rate."""
-        if self.c["nan_events"] >= 50:
-            raise UsageError(f"training diverged: {reason} after 50 rollbacks; lower --lr or check the problem")
+        """Non-finite loss: restore the last good state (see :meth:`_is_good`) and halve the
+        learning rate; after ``MAX_ROLLBACKS`` in one stage, stop with the best weights kept."""
+        if self.c.get("stage_rollbacks", 0) >= MAX_ROLLBACKS:
+            self._restore(self.best)
+            where = self.run_dir.finish(self, diverged=f"{stage.name}: {reason}") if self.run_dir else None
+            unit = "" if self.opt.loss == "lasso" else " dB"
+            raise Diverged(f"training diverged in stage {stage.name} ({reason} after {MAX_ROLLBACKS} rollbacks, "
+                           f"learning rate x{self.c['lr_scale']:g}); the best weights (validation "
+                           f"{self.c['best']:.2f}{unit}) are kept" + (f" in {self.run_dir.weights_file}" if where
+                                                                      else " in the model"))
         snap, ostate = self.last_good
         self._restore(snap)
         self.optim.state.clear()
@@ -200,6 +223,7 @@ class Trainer:
             self.optim.state[p] = {k: v.clone() for k, v in st.items()}
         self.c["lr_scale"] *= 0.5
         self.c["nan_events"] += 1
+        self.c["stage_rollbacks"] = self.c.get("stage_rollbacks", 0) + 1
         self._append_metrics({"event": "rollback", "reason": reason, "stage": stage.name,
                               "step": self.c["step"], "lr_scale": self.c["lr_scale"]})
         self.log(f"  {stage.name} step {self.c['step']}: {reason}; restored the last good state, "
@@ -218,8 +242,19 @@ class Trainer:
         c["loss_sum"], c["loss_count"] = 0.0, 0
         self._append_metrics(row)
         self._progress(stage, val)
-        self.last_good = (self._snapshot(), self._optim_state_copy())
+        if self._is_good(val):
+            self.last_good = (self._snapshot(), self._optim_state_copy())
         self._write_state()
+
+    def _is_good(self, val: float) -> bool:
+        """A state to roll back to: finite parameters and a validation value within the margin
+        (``GOOD_MARGIN_DB``, or ``GOOD_MARGIN_LASSO`` relative for the Lasso loss) of the best."""
+        best = self.c["best"]
+        if not (math.isfinite(val) and all(bool(torch.isfinite(p).all()) for p in self.params.values())):
+            return False
+        if self.opt.loss == "lasso":
+            return val <= best + GOOD_MARGIN_LASSO * abs(best)
+        return val <= best + GOOD_MARGIN_DB
 
     def _progress(self, stage: Stage, val: float) -> None:
         """A progress bar with the current validation value: in place on a terminal, a line
@@ -244,7 +279,7 @@ class Trainer:
         self.log(f"stage {c['stage'] + 1}/{len(self.stages)} {stage.name}: {c['step']} steps, "
                  f"best validation {c['best']:.2f} {unit} at layer {stage.depth}, {c['samples']:,} samples, "
                  f"{self.seconds:.0f} s")
-        c.update(stage=c["stage"] + 1, step=0, best=math.inf, since_best=0, lr_scale=1.0)
+        c.update(stage=c["stage"] + 1, step=0, best=math.inf, since_best=0, lr_scale=1.0, stage_rollbacks=0)
         self.optim = None
 
     def run(self) -> None:
