@@ -319,3 +319,80 @@ def test_claims_compare_groups():
     assert check_claim(dict(a={"method": "a"}, b={"method": "b"}, op="within", tol=10), rows)[1] == "yes"
     assert check_claim(dict(a={"method": "c"}, b={"method": "b"}), rows)[1] == "—"
     assert math.isclose(float(ours.split(": ")[1].split(" vs")[0]), -10)
+
+
+def _repro_killed_at(k: int, toml, out) -> int:
+    """``run_experiment`` in a forked child that dies (``os._exit``, no cleanup) at fault point ``k``."""
+    import os
+    import sys
+
+    from unrolled import io
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seen = [0]
+
+            def hook(where: str) -> None:
+                seen[0] += 1
+                if seen[0] == k:
+                    os._exit(75)
+
+            io._fault_hook = hook
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+            run_experiment(str(toml), "smoke", out, log=lambda s: None)
+        finally:
+            os._exit(0)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _kill_and_rerun(tmp_path, chosen):
+    from unrolled import io
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    points: list[str] = []
+    io._fault_hook = points.append
+    try:
+        clean, _ = run_experiment(str(toml), "smoke", tmp_path / "clean" / "smoke" / "tiny", log=lambda s: None)
+    finally:
+        io._fault_hook = None
+    keep = ("method", "layer", "nmse_db", "status")
+    expect = [{k: r[k] for k in keep} for r in read_table(clean / "results.csv")]
+    for k in chosen(points):
+        out = tmp_path / f"k{k}" / "smoke" / "tiny"
+        assert _repro_killed_at(k, toml, out) == 75, f"fault point {k} ({points[k - 1]}) not reached"
+        run_experiment(str(toml), "smoke", out, log=lambda s: None)
+        got = [{k: r[k] for k in keep} for r in read_table(out / "results.csv")]
+        assert got == expect, f"killed at {points[k - 1]}: the rerun differs"
+        assert all(r["status"] != "failed" for r in got)
+
+
+def test_a_repro_killed_inside_a_checkpoint_reruns_to_the_same_table(tmp_path):
+    def chosen(points):  # inside the second checkpoint, and between the last writes of the training
+        second = [i for i, p in enumerate(points, 1) if p.startswith("state.safetensors")][3:6]
+        finish = [i for i, p in enumerate(points, 1) if p.startswith(("weights.", "result.json: renamed"))][-2:]
+        return [second[0] - 1, *second[1:], *finish]
+
+    _kill_and_rerun(tmp_path, chosen)
+
+
+@pytest.mark.slow
+def test_a_repro_killed_at_every_write_reruns_to_the_same_table(tmp_path):
+    _kill_and_rerun(tmp_path, lambda points: range(1, len(points) + 1))
+
+
+def test_an_error_that_is_not_a_divergence_is_not_cached_as_a_failed_cell(tmp_path, monkeypatch):
+    from unrolled import api
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    out = tmp_path / "smoke" / "tiny"
+
+    def locked(*a, **kw):
+        raise UsageError("runs/x is being written by another process (PID 1)")
+
+    monkeypatch.setattr(api, "train", locked)
+    with pytest.raises(UsageError, match="PID 1"):
+        run_experiment(str(toml), "smoke", out, log=lambda s: None)
+    assert not [p for p in (out / "cells").glob("*alista*")], "the error was cached as a result"

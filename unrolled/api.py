@@ -38,6 +38,7 @@ BASELINES = ("ista", "fista", "amp")
 RESERVED = ("format", "model", "model_config", "schedule", "stages", "options", "problem", "device", "torch",
             "init_from")
 SETTINGS = ("model", "model_config", "schedule", "stages", "options", "init_from")  # what a resumed run must match
+TEST_ONLY = ("test_noise", "test_snr", "sp_density", "test_perturb", "test_size")  # ProblemSpec fields
 OPTIONS = [f.name for f in dataclasses.fields(TrainOptions)]
 
 
@@ -291,7 +292,8 @@ def _check_same(rd: RunDir, stored: dict, new: dict, problem: Problem) -> None:
     a, b = canonical(stored), canonical(new)
     differ = [k for k in SETTINGS if a[k] != b[k]]
     theirs = rd.read_problem(stored)
-    if theirs.spec != problem.spec or not torch.equal(theirs.A, problem.A):
+    test_only = {k: getattr(theirs.spec, k) for k in TEST_ONLY}  # the training never sees the test set
+    if dataclasses.replace(problem.spec, **test_only) != theirs.spec or not torch.equal(theirs.A, problem.A):
         differ.append("problem")
     check(not differ, f"{rd} holds a run with other settings ({', '.join(differ)}); use another directory")
 

@@ -22,11 +22,11 @@ import torch
 
 from .. import api
 from .. import evaluation as E
-from ..errors import UsageError
 from ..io import write_json
 from ..models import MODELS, build, make_config
 from ..problem import Problem, _stream
 from ..training import RunDir, make_schedule
+from ..training.trainer import Diverged
 from . import analyses
 from .config import PROBLEM_KEYS, TEST_ONLY, Budget, Cell, Experiment, ModelEntry, train_options
 
@@ -168,7 +168,8 @@ class Runner:
             return [dict(method=entry.label, model=entry.model, status="pending", reason=entry.pending)]
         try:
             model, info = self.train(cell, entry, problem)
-        except UsageError as e:  # a diverged training is a result too: it is reported, not hidden
+        except Diverged as e:  # a diverged training is a result too: it is reported, not hidden. Any
+            # other error (a locked or damaged run) stops the experiment rather than be cached as a result
             self.counts["failed"] += 1
             return [dict(method=entry.label, model=entry.model, status="failed", reason=str(e))]
         rows = E.evaluate_model(model, x, y, entry.label)
@@ -236,5 +237,7 @@ class Runner:
                         resume=True, log=log, meta=dict(repro=dict(experiment=exp.name, train_size=cell.train_size,
                                                                    prune=prune)), **dataclasses.asdict(options))
         r = run.result
+        if "diverged" in r:  # finished earlier on its best weights after diverging: the same result as then
+            raise Diverged(f"training diverged earlier ({r['diverged']}); best weights in {rd.weights_file}")
         info.update(samples=r["samples"], seconds=round(r["seconds"], 1), train_device=r["device"])
         return run.model, info
