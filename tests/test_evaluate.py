@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,28 @@ def test_a_figure_without_matplotlib_names_the_extra(monkeypatch, tmp_path):
         plots.plot_layers(rows, tmp_path / "f.png")
     assert "\n" not in str(e.value) and "pip install 'unrolled[plot]'" in str(e.value)
     assert not (tmp_path / "f.png").exists()
+
+
+def test_the_oracle_floor_is_na_where_the_support_gram_matrix_is_singular():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(23, 41, generator=g, dtype=D)
+    A = A / A.norm(dim=0)
+    x = torch.zeros(30, 41, dtype=D)
+    x[:, :5] = torch.randn(30, 5, generator=g, dtype=D)
+    # Well conditioned: the condition number is numpy's, and the floor is a number below the data.
+    cond = M.support_gram_condition(A, x, chunk=7)
+    AS = A[:, :5].numpy()
+    assert cond == pytest.approx(float(np.linalg.cond(AS.T @ AS)), rel=1e-9)
+    rows = E.oracle_rows(A, x, x @ A.T, 40.0)
+    assert all(isinstance(r["nmse_db"], float) for r in rows)
+    # A duplicated column inside the support: A_S^T A_S is singular, the floor is undefined.
+    A2 = A.clone()
+    A2[:, 1] = A2[:, 0]
+    assert M.support_gram_condition(A2, x) > M.ORACLE_COND_MAX
+    bad = E.oracle_rows(A2, x, x @ A2.T, 40.0)
+    assert [r["nmse_db"] for r in bad] == [None, None] and "ill-conditioned" in bad[0]["reason"]
+    # More non-zeros than measurements: no support oracle either.
+    dense = torch.randn(4, 41, generator=g, dtype=D)
+    assert M.support_gram_condition(A, dense) == math.inf
+    table = E.format_table([dict(method="ista", layer=0, nmse_db=0.0), *bad])
+    assert "floor: n/a" in table and "gap" not in table

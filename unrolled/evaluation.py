@@ -152,7 +152,16 @@ def evaluation_snr(problem: Problem, snr: float | None = None) -> float:
 
 
 def oracle_rows(A: Tensor, x: Tensor, y: Tensor, snr: float) -> list[dict]:
-    """The support-oracle floor (no layer): least squares and MMSE on the true support."""
+    """The support-oracle floor (no layer): least squares and MMSE on the true support.
+
+    Defined only where every support's Gram matrix ``A_S^T A_S`` is well conditioned (condition
+    number up to ``metrics.ORACLE_COND_MAX``); otherwise the rows say ``n/a`` (NMSE ``None``) and why.
+    """
+    cond = metrics.support_gram_condition(A, x)
+    if cond > metrics.ORACLE_COND_MAX:
+        reason = f"n/a: a support's Gram matrix A_S^T A_S is singular or ill-conditioned (condition {cond:.1e})"
+        return [dict(method=name, layer="", nmse_db=None, nmse_db_sample=None, reason=reason)
+                for name in ("oracle-ls", "oracle-mmse")]
     rows = []
     for name, est in metrics.oracle_estimates(A, x, y, snr).items():
         s = metrics.support_stats(est, x)
@@ -191,7 +200,10 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     for k in range(depth + 1):
         cells = [table.get((m, k)) for m in methods]
         lines.append(f"{k:>5}" + "".join(f"{'':>{width}}" if c is None else f"{c:>{width}.2f}" for c in cells))
-    if floors:
+    undefined = [r.get("reason", "n/a") for r in rows if r["layer"] == "" and r[metric] is None]
+    if undefined:
+        lines.append(f"floor: {undefined[0]}")
+    elif floors:
         name, floor = next(iter(floors.items()))
         lines.append("floor: " + ", ".join(f"{k} {v:.2f} dB" for k, v in floors.items()))
         last = {m: max(k for (mm, k) in table if mm == m) for m in methods}

@@ -49,6 +49,32 @@ def support_stats(x_hat: Tensor, x: Tensor, tol: float = 0.0) -> dict[str, float
     return {"fp": float(fp.mean()), "fn": float(fn.mean()), "f1": float(f1.mean())}
 
 
+ORACLE_COND_MAX = 1e8  # about 1/sqrt(float64 eps): beyond it the support's least squares is not determined
+
+
+def support_gram_condition(A: Tensor, x: Tensor, chunk: int = 500) -> float:
+    """The largest condition number of ``A_S^T A_S`` over the true supports ``S`` of ``x: (batch, n)``
+    (``inf`` where a support has more entries than ``A: (m, n)`` has rows, or is degenerate)."""
+    A, x = A.double(), x.double()
+    worst = 1.0
+    for lo in range(0, x.shape[0], chunk):
+        mask = x[lo:lo + chunk] != 0
+        k = int(mask.sum(1).max()) if mask.any() else 0
+        if k == 0:
+            continue
+        if k > A.shape[0]:
+            return math.inf
+        idx = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :k]
+        valid = torch.gather(mask, 1, idx)
+        AS = A.T[idx] * valid[..., None]
+        ev = torch.linalg.eigvalsh(AS @ AS.transpose(1, 2) + torch.diag_embed((~valid).double()))
+        lo_ev, hi_ev = ev[:, 0], ev[:, -1]
+        if bool((lo_ev <= 0).any()):
+            return math.inf
+        worst = max(worst, float((hi_ev / lo_ev).max()))
+    return worst
+
+
 def oracle_estimates(A: Tensor, x: Tensor, y: Tensor, snr: float, chunk: int = 500) -> dict[str, Tensor]:
     """Support-oracle estimates: least squares and MMSE on the true support of each sample.
 
