@@ -297,7 +297,7 @@ def test_runs_written_by_the_previous_release_still_evaluate(tmp_path):
 
 
 def test_an_infinite_learning_rate_is_refused_before_any_work(problem_file, tmp_path, capsys):
-    _one_line_error(_args(problem_file, tmp_path / "run", "--lr", "inf"), capsys, "lr=inf", "finite")
+    _one_line_error(_args(problem_file, tmp_path / "run", "--lr", "inf"), capsys, "--lr", "finite")
     assert not (tmp_path / "run").exists()
 
 

@@ -38,6 +38,7 @@ BASELINES = ("ista", "fista", "amp")
 RESERVED = ("format", "model", "model_config", "schedule", "stages", "options", "problem", "device", "torch",
             "init_from")
 SETTINGS = ("model", "model_config", "schedule", "stages", "options", "init_from")  # what a resumed run must match
+MAX_LAYERS = 1000  # a documented cap on K, checked before any model is built
 TEST_ONLY = ("test_noise", "test_snr", "sp_density", "test_perturb", "test_size")  # ProblemSpec fields
 OPTIONS = [f.name for f in dataclasses.fields(TrainOptions)]
 
@@ -246,6 +247,7 @@ def _model(model: str | UnrolledNet, config: dict | Config | None, problem: Prob
     check(isinstance(model, str) and model in MODELS, f"unknown model {model!r}; valid: {', '.join(sorted(MODELS))}")
     if not isinstance(config, Config):
         config = make_config(MODELS[model].Config, dict(config or {}))
+    check(1 <= config.K <= MAX_LAYERS, f"K={config.K} layers must be in 1..{MAX_LAYERS}")
     return build(model, problem, config)
 
 

@@ -85,6 +85,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     fsync_dir(path.parent)
 
 
+def check_writable(path: str | Path, what: str = "output file") -> Path:
+    """Refuse, before any computing, an output ``path`` that is a directory or cannot be written."""
+    path = Path(path)
+    check(not path.is_dir(), f"{what} {path} is a directory; give a file name")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    check(parent.is_dir() and os.access(parent, os.W_OK | os.X_OK), f"{what} {path}: cannot write into {parent}")
+    check(not path.exists() or os.access(path, os.W_OK), f"{what} {path} is not writable")
+    return path
+
+
 def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
@@ -108,6 +118,13 @@ def _read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
     suffix = path.suffix.lower()
     check(suffix in (".npy", ".npz", ".mat"), f"{what} file {path} must be .npy, .npz or .mat, got {suffix!r}")
     try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise UsageError(f"cannot read {what} file {path}: {e.strerror}") from None
+    check(not (suffix == ".mat" and b"\x89HDF" in head or head.startswith(b"MATLAB 7.3")),
+          f"{what} file {path} is a MATLAB v7.3 (HDF5) file; save it with save(..., '-v7') or as .npy")
+    try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
@@ -118,15 +135,18 @@ def _read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
                 arr = f[key]
         else:
             import scipy.io
+            import scipy.sparse
 
             d = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
             key = next((k for k in keys if k in d), None)
             check(key is not None, f"{path} has no matrix named {' or '.join(keys)} (keys found: {sorted(d)})")
             arr = d[key]
+            check(not scipy.sparse.issparse(arr), f"{what} in {path} is a sparse matrix; save it as a full matrix")
     except UsageError:
         raise
-    except Exception as e:  # truncated or foreign files: one line naming the file
-        raise UsageError(f"cannot read {what} file {path} (truncated or not a valid {suffix} file): {e}") from None
+    except Exception as e:  # truncated or foreign files: one line naming the file (never numpy's pickle advice)
+        why = "" if "pickle" in str(e) else f": {e}"
+        raise UsageError(f"cannot read {what} file {path} (truncated or not a valid {suffix} file){why}") from None
     check(arr.dtype.kind in "fiu", f"{what} in {path} has dtype {arr.dtype}; expected real numbers")
     check(arr.ndim == 2, f"{what} in {path} has shape {arr.shape}; expected a 2-D array")
     check(arr.size > 0, f"{what} in {path} is empty (shape {arr.shape})")
@@ -156,6 +176,7 @@ def load_signals(path: str | Path, n: int) -> np.ndarray:
     check(not (rows == n and cols == n),
           f"{path} is {rows}x{cols}: both axes match n={n}, so the orientation is ambiguous; "
           f"save it with a different number of samples")
+    check(bool((X != 0).any()), f"every signal in {path} is zero: the NMSE is undefined")
     if cols == n:
         return X
     check(rows == n, f"{path} has shape {X.shape}, but neither axis matches n={n}")

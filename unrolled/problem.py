@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,18 @@ SIGNALS = ("bernoulli", "fixed", "gamma")
 TEST_NOISES = ("gaussian", "salt-pepper")
 FORMAT = "unrolled-problem-v1"
 _BLOCK = 1000  # fixed sets are drawn in blocks of this many samples
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(need: float, what: str, size: str) -> None:
+    """Refuse, before allocating, what needs more than half of this machine's memory."""
+    have = memory_bytes()
+    check(need <= have / 2, f"{what} ({size}) needs about {need / 2**30:,.1f} GiB; this machine has "
+                            f"{have / 2**30:,.1f} GiB (at most half of it is used)")
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,12 @@ class ProblemSpec:
         check(0 <= self.sp_density <= 1, f"sp_density={self.sp_density} is outside [0, 1]")
         check(self.test_perturb >= 0, f"test_perturb={self.test_perturb} must be >= 0")
         check(self.gamma_shape > 0 and self.gamma_rate > 0, "gamma_shape and gamma_rate must be positive")
+        for what, count, width in (("A", self.m, self.n), ("the validation set", self.val_size, self.m + self.n),
+                                   ("the test set", self.test_size, self.m + self.n)):
+            check_memory(4 * 8 * count * width, what, f"{count:,} x {width:,}")  # float64 and its temporaries
+        check(math.isfinite(self.gamma_shape) and math.isfinite(self.gamma_rate)
+              and (self.kappa is None or math.isfinite(self.kappa)),
+              "gamma_shape, gamma_rate and kappa must be finite")
         if self.kappa is not None:
             check(self.kappa >= 1, f"kappa={self.kappa} must be >= 1 (a condition number)")
         if self.matrix == "lowrank":
@@ -274,8 +293,12 @@ class Problem:
                 A = np.array(f["A"])
         except UsageError:
             raise
-        except Exception as e:  # zip/format errors from NumPy: name the file, not the internals
-            raise UsageError(f"cannot read problem file {path}: {type(e).__name__}: {e}") from None
+        except Exception as e:  # zip/format errors from NumPy: name the file, not the internals (nor its advice
+            # to unpickle: a file that is not a zip archive is read as a pickle and refused)
+            why = "not an .npz archive" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+            raise UsageError(f"cannot read problem file {path}: {why}") from None
+        check(A.dtype.kind == "f" and A.ndim == 2, f"problem file {path}: A has dtype {A.dtype} and shape {A.shape}; "
+                                                   f"expected a real 2-D matrix")
         return cls(spec, A)
 
     def __repr__(self) -> str:

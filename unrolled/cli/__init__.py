@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UsageError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = msg.encode("utf-8", "backslashreplace").decode()  # a file name that is not UTF-8 prints escaped
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

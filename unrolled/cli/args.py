@@ -39,10 +39,39 @@ def number(s: str) -> float:
     return v
 
 
+def finite(s: str) -> float:
+    v = number(s)
+    if math.isinf(v):
+        raise argparse.ArgumentTypeError(f"{s} is not a finite number")
+    return v
+
+
+def positive(s: str) -> float:
+    v = finite(s)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{v} must be > 0")
+    return v
+
+
+def seed_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    if not 0 <= v < 2**63:
+        raise argparse.ArgumentTypeError(f"seed {v} must be in [0, 2^63)")
+    return v
+
+
+SNR_RANGE = (-100.0, 300.0)  # dB; beyond it the noise (or its absence) over- or underflows float64
+
+
 def snr_value(s: str) -> float:
     v = number(s)
     if v == -math.inf:
         raise argparse.ArgumentTypeError("-inf dB is not a signal-to-noise ratio; use a number of dB or inf")
+    if v != math.inf and not SNR_RANGE[0] <= v <= SNR_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"{v:g} dB must be in [{SNR_RANGE[0]:g}, {SNR_RANGE[1]:g}] or inf")
     return v
 
 
@@ -79,21 +108,21 @@ def add_problem_options(p: argparse.ArgumentParser) -> None:
     d = ProblemSpec()
     p.add_argument("--m", type=positive_int, default=None, help=f"measurements (default {d.m})")
     p.add_argument("--n", type=positive_int, default=None, help=f"signal length (default {d.n})")
-    p.add_argument("--p", type=number, default=None, help="probability of a non-zero entry (default 0.1, or s/n)")
-    p.add_argument("--s", type=number, default=None, help="expected non-zeros per signal (sets p = s/n)")
+    p.add_argument("--p", type=finite, default=None, help="probability of a non-zero entry (default 0.1, or s/n)")
+    p.add_argument("--s", type=finite, default=None, help="expected non-zeros per signal (sets p = s/n)")
     p.add_argument("--snr", type=snr_value, default=d.snr, help="training/validation SNR in dB; inf = noiseless")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=seed_int, default=d.seed)
     p.add_argument("--matrix", choices=MATRICES, default=d.matrix)
-    p.add_argument("--kappa", type=number, default=None, help="condition number of A (docs/spec.md §2)")
+    p.add_argument("--kappa", type=positive, default=None, help="condition number of A (docs/spec.md §2)")
     p.add_argument("--rank", type=positive_int, default=None, help="inner dimension r of a low-rank A = U V")
     p.add_argument("--a-file", default=None, help="load A from .npy, .npz or .mat (key D or A)")
     p.add_argument("--signal", choices=SIGNALS, default=d.signal)
-    p.add_argument("--gamma-shape", type=number, default=d.gamma_shape)
-    p.add_argument("--gamma-rate", type=number, default=d.gamma_rate)
+    p.add_argument("--gamma-shape", type=positive, default=d.gamma_shape)
+    p.add_argument("--gamma-rate", type=positive, default=d.gamma_rate)
     p.add_argument("--test-noise", choices=TEST_NOISES, default=d.test_noise)
     p.add_argument("--test-snr", type=snr_value, default=None, help="test-set SNR if it differs from --snr")
-    p.add_argument("--sp-density", type=number, default=d.sp_density, help="salt-and-pepper density")
-    p.add_argument("--test-perturb", type=number, default=d.test_perturb,
+    p.add_argument("--sp-density", type=finite, default=d.sp_density, help="salt-and-pepper density")
+    p.add_argument("--test-perturb", type=finite, default=d.test_perturb,
                    help="Laplace scale of a test-only perturbation of A (0 = none)")
     p.add_argument("--val-size", type=positive_int, default=d.val_size)
     p.add_argument("--test-size", type=positive_int, default=d.test_size)

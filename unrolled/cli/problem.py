@@ -13,11 +13,13 @@ import numpy as np
 from .. import evaluation as E
 from ..analytic import METHODS
 from ..errors import check, choice
+from ..io import check_writable
 from ..problem import Problem
 from .args import Parser, add_problem_options, add_test_options, lam_value, positive_int, spec_from_args
 
 
 def cmd_problem_create(a: argparse.Namespace) -> None:
+    check_writable(a.out, "problem file")
     problem = Problem(spec_from_args(a))
     path = problem.save(a.out)
     s = problem.spec
@@ -29,6 +31,8 @@ def cmd_weights(a: argparse.Namespace) -> None:
     from ..analytic import analytic_weights, coherence
 
     problem = Problem.load(a.problem)
+    if a.out:
+        check_writable(a.out)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = analytic_weights(problem.A, a.method)
@@ -52,6 +56,7 @@ def cmd_solve(a: argparse.Namespace) -> None:
     from ..models import MODELS
 
     problem = Problem.load(a.problem)
+    out = check_writable(a.out or f"{Path(a.problem).stem}-solve.csv")
     algos = [s.strip() for s in a.algo.split(",")]
     for algo in algos:
         choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS], "algorithm")
@@ -69,7 +74,6 @@ def cmd_solve(a: argparse.Namespace) -> None:
             print(f"{algo}: lambda = {lam:.4g}" + (" (tuned on the validation set)" if a.lam == "auto" else ""))
     print(f"test set: {len(x)} signals; {seconds:.1f} s for tuning and solving")
     print(E.format_table(rows))
-    out = a.out or f"{Path(a.problem).stem}-solve.csv"
     E.to_csv(rows, out, meta=dict(problem=str(a.problem), iters=a.iters, test_size=len(x)))
     print(f"wrote {out}")
 

@@ -11,7 +11,7 @@ from .. import evaluation as E
 from ..errors import check
 from ..models import MODELS
 from ..training import LOSSES, SCHEDULES
-from .args import add_test_options, device_arg, number, parse_sets, positive_int
+from .args import add_test_options, device_arg, finite, parse_sets, positive, positive_int, seed_int
 
 
 def fit(training: api.Training, budget: int | None = None) -> api.Run:
@@ -38,7 +38,11 @@ def cmd_train(a: argparse.Namespace) -> None:
     check(a.problem is not None, "train needs a PROBLEM file (or --resume RUN)")
     check(a.model is not None, f"train needs --model; valid: {', '.join(sorted(MODELS))}")
     check(a.out is not None, "train needs --out RUN (a new run directory)")
-    training = api.prepare(a.problem, a.model, {**parse_sets(a.set), "K": a.layers}, a.schedule, a.budget_samples,
+    sets = parse_sets(a.set)
+    check("K" not in sets, "give the depth with --layers K, not --set K=...")
+    check(a.budget_samples >= a.batch, f"--budget-samples {a.budget_samples:,} is less than one batch "
+                                       f"(--batch {a.batch:,}); give a budget of at least one batch")
+    training = api.prepare(a.problem, a.model, {**sets, "K": a.layers}, a.schedule, a.budget_samples,
                            a.out, a.device or torch.device("cpu"), lr=a.lr, patience=a.patience,
                            init_from=a.init_from, batch=a.batch, loss=a.loss, loss_lam=a.loss_lam,
                            eval_every=a.eval_every, seed=a.seed)
@@ -71,16 +75,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--resume", metavar="RUN", help="continue an interrupted run")
     pt.add_argument("--schedule", choices=sorted(SCHEDULES), default="end-to-end")
     pt.add_argument("--loss", choices=LOSSES, default="mse")
-    pt.add_argument("--loss-lam", type=number, default=0.1, help="lambda of the Lasso loss (lasso, semi)")
+    pt.add_argument("--loss-lam", type=finite, default=0.1, help="lambda of the Lasso loss (lasso, semi)")
     pt.add_argument("--budget-samples", type=positive_int, default=2_000_000)
     pt.add_argument("--batch", type=positive_int, default=512)
-    pt.add_argument("--lr", type=number, default=None, help="base learning rate (schedule default if omitted)")
+    pt.add_argument("--lr", type=positive, default=None, help="base learning rate (schedule default if omitted)")
     pt.add_argument("--patience", type=positive_int, default=None, help="steps without improvement per stage")
     pt.add_argument("--eval-every", type=positive_int, default=50, help="validate and checkpoint every N steps")
     pt.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="model config field (repeatable; ss=count, ss.ramp=0.5: support selection)")
     pt.add_argument("--device", type=device_arg, default=None, help="cpu (default; --resume: the run's own) or cuda")
-    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--seed", type=seed_int, default=0)
     pt.add_argument("--init-from", metavar="RUN", help="start from the trained weights of RUN (same model; "
                     "its config may differ, e.g. in support selection: a curriculum)")
     pt.set_defaults(func=cmd_train)
