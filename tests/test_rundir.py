@@ -312,3 +312,48 @@ def test_a_divergence_ends_on_the_best_weights_not_done(problem_file, tmp_path, 
     loaded = ur.load(run)  # the kept best weights: finite, and as good as the best validation
     assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
     assert sha256(run / "weights.safetensors") == result["weights_sha256"]
+
+
+def _cli(argv: list[str], kill_at: int | None = None) -> int:
+    """``unrolled ARGV`` in a fresh process; ``kill_at``: it dies at that fault point ($UNROLLED_FAULT_AT)."""
+    env = {**os.environ, io.FAULT_ENV: str(kill_at)} if kill_at else {
+        k: v for k, v in os.environ.items() if k != io.FAULT_ENV}
+    return subprocess.run([sys.executable, "-m", "unrolled", *argv], env=env, capture_output=True).returncode
+
+
+def test_the_fault_environment_variable_kills_a_real_process(reference, problem_file, tmp_path):
+    ref, points = reference
+    run = tmp_path / "run"
+    k = points.index("state.safetensors: synced, not renamed") + 1 + 5  # inside the second checkpoint
+    assert _cli(_args(problem_file, run), kill_at=k) == 75
+    assert _cli(["train", "--resume", str(run)]) == 0
+    _same(ref, run)
+
+
+@pytest.mark.slow
+def test_random_kills_never_leave_an_unresumable_run(reference, problem_file, tmp_path):
+    """200 random kills (training and resumes), each run resumed until it finishes bit-identically."""
+    import random
+
+    ref, points = reference
+    rng = random.Random(0)
+    kills, runs = 0, 0
+    while kills < 200:
+        runs += 1
+        run = tmp_path / f"r{runs}"
+        argv = _args(problem_file, run)
+        while True:
+            resume = (run / "config.json").exists()
+            cmd = ["train", "--resume", str(run)] if resume else argv
+            if rng.random() < 0.8:
+                rc = _cli(cmd, kill_at=rng.randint(1, len(points)))
+                kills += rc == 75
+                assert rc in (0, 75)
+                if rc == 75:
+                    continue
+            else:
+                assert _cli(cmd) == 0
+            if (run / "result.json").exists():
+                break
+        _same(ref, run)
+    print(f"{kills} kills over {runs} runs, every one resumed bit-identically")
