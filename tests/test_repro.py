@@ -396,3 +396,31 @@ def test_an_error_that_is_not_a_divergence_is_not_cached_as_a_failed_cell(tmp_pa
     with pytest.raises(UsageError, match="PID 1"):
         run_experiment(str(toml), "smoke", out, log=lambda s: None)
     assert not [p for p in (out / "cells").glob("*alista*")], "the error was cached as a result"
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("lr = 2e-3", "lr = inf", ["alista", "lr=inf", "finite"]),
+    ("batch = 64", "batch = 0", ["batch=0"]),
+    ("samples = 1920", "samples = 0", ["samples=0", "one batch"]),
+    ("seed = [0]", "seed = []", ["no cell"]),
+    ("K = 3", "K = 100000000", ["K=100000000", "1..1000"]),
+])
+def test_a_bad_experiment_fails_before_the_first_training(tmp_path, old, new, words):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY.replace(old, new))
+    with pytest.raises(UsageError) as e:
+        run_experiment(str(toml), "smoke", tmp_path / "smoke" / "tiny", log=lambda s: None)
+    assert all(w in str(e.value) for w in words), str(e.value)
+    assert not (tmp_path / "smoke" / "_train").exists() and not (tmp_path / "smoke" / "tiny").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_experiment_validates_at_every_budget(name, tmp_path):
+    import torch
+
+    from unrolled.repro.runner import Runner
+
+    exp = load(name)
+    for b in ("smoke", "quick", "paper"):
+        budget = exp.budget(b)
+        Runner(exp, budget, tmp_path, torch.device("cpu")).validate(exp.cells(budget), exp.active_models(budget))

@@ -22,6 +22,7 @@ import torch
 
 from .. import api
 from .. import evaluation as E
+from ..errors import UsageError, check
 from ..io import write_json
 from ..models import MODELS, build, make_config
 from ..problem import Problem, _stream
@@ -91,6 +92,7 @@ class Runner:
         exp, budget = self.exp, self.budget
         cells = exp.cells(budget)
         models = exp.active_models(budget)
+        self.validate(cells, models)
         per_model = exp.analysis and analyses.ANALYSES[exp.analysis["name"]].per_model
         first = list({c.problem_key: c for c in reversed(cells)}.values())  # one cell per distinct problem
         jobs = [(c, "classical") for c in first if exp.baselines or exp.oracle]
@@ -200,14 +202,36 @@ class Runner:
 
     # -- training ------------------------------------------------------------------------------
 
-    def train(self, cell: Cell, entry: ModelEntry, problem: Problem) -> tuple[torch.nn.Module, dict]:
+    def plan(self, cell: Cell, entry: ModelEntry):
+        """Everything about one training short of training: its config, schedule and options,
+        each checked (so a bad value fails before the first training, not after many)."""
         exp, K = self.exp, self.budget.K
+        check(1 <= K <= api.MAX_LAYERS, f"K={K} layers must be in 1..{api.MAX_LAYERS}")
         overrides, extra, prune = model_overrides(exp, entry, cell, K)
         config = make_config(MODELS[entry.model].Config, overrides)
         sched = {**exp.schedule, **self.budget.schedule, **entry.schedule,
                  **self.budget.model_schedule.get(entry.label, {})}
         kw, options = train_options(sched, exp.seed, cell.spec.val_size)
+        check(kw.get("samples", options.batch) >= options.batch,
+              f"samples={kw.get('samples')} is less than one batch ({options.batch})")
         stages = make_schedule(sched["name"], K, **kw)
+        return overrides, extra, prune, config, sched, kw, options, stages
+
+    def validate(self, cells: list[Cell], models: list[ModelEntry]) -> None:
+        """Refuse an experiment that would fail part-way: no cells, or a training that cannot start."""
+        check(cells, f"{self.exp.path.name}: the grid at budget {self.budget.name} has no cell; "
+                     f"check the grid and the budget's filter")
+        for cell in cells:
+            for entry in models:
+                if not entry.pending:
+                    try:
+                        self.plan(cell, entry)
+                    except UsageError as e:
+                        raise UsageError(f"{self.exp.path.name}, model {entry.label}: {e}") from None
+
+    def train(self, cell: Cell, entry: ModelEntry, problem: Problem) -> tuple[torch.nn.Module, dict]:
+        exp = self.exp
+        overrides, extra, prune, config, sched, kw, options, stages = self.plan(cell, entry)
         spec = {k: v for k, v in dataclasses.asdict(cell.spec).items() if k not in TEST_ONLY}
         ident = dict(spec=spec, train_size=cell.train_size, model=entry.model, config=dataclasses.asdict(config),
                      stages=[s.to_dict() for s in stages], options=dataclasses.asdict(options), prune=prune)
