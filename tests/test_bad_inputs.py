@@ -30,6 +30,7 @@ CASES = [
     ("all-zero-test-x", ["solve", "p.npz", "--test-x", "zero.npy", "--out", "s.csv"], ["zero", "undefined"]),
     ("random-bytes-problem", ["solve", "rand.npz", "--out", "s.csv"], ["not an .npz archive"]),
     ("complex-problem", ["solve", "cplxprob.npz", "--out", "s.csv"], ["complex128"]),
+    ("solve-iters-beyond-memory", ["solve", "p.npz", "--iters", "1000000000", "--out", "s.csv"], ["--iters", "GiB"]),
     ("solve-out-is-a-directory", ["solve", "p.npz", "--out", "adir"], ["is a directory"]),
     ("set-K-inf", [*TRAIN, "--out", "r", "--set", "K=inf"], ["--layers"]),
     ("layers-huge", [*TRAIN, "--out", "r", "--layers", "100000000"], ["K=100000000", "1..1000"]),

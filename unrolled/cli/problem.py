@@ -14,7 +14,7 @@ from .. import evaluation as E
 from ..analytic import METHODS
 from ..errors import check, choice
 from ..io import check_writable
-from ..problem import Problem
+from ..problem import Problem, check_memory
 from .args import Parser, add_problem_options, add_test_options, lam_value, positive_int, spec_from_args
 
 
@@ -64,6 +64,9 @@ def cmd_solve(a: argparse.Namespace) -> None:
         check(not MODELS["amp"].skip(problem)[0], f"amp needs signals with zeros (this problem's are "
               f"{problem.spec.signal}, p={problem.spec.p}); drop amp from --algo")
     x, y = E.evaluation_set(problem, "test", a.test_x, a.test_size, a.snr)
+    # every iteration's estimate is kept for the per-iteration table (float64, with the solver's own copy)
+    check_memory(16 * (a.iters + 1) * len(x) * problem.n, f"--iters {a.iters:,} on {len(x):,} test signals",
+                 f"{a.iters + 1:,} x {len(x):,} x {problem.n:,} estimates")
     t0 = time.perf_counter()
     rows = E.baseline_rows(problem, x, y, a.iters, algos, a.lam, a.tune_size)
     seconds = time.perf_counter() - t0
