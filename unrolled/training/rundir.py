@@ -174,7 +174,10 @@ class RunDir:
         """The PID of another process writing this run, or ``None``."""
         if str(self.path.resolve()) in _held or not self.lock_file.is_file():
             return None
-        fd = os.open(self.lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:  # not ours (a link, unreadable): nobody holds a lock through it
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return None
@@ -251,6 +254,7 @@ class RunDir:
         digest = tensors_digest(tensors, progress + config)
         save_safetensors(self.state_file, tensors, {"format": FORMAT, "progress": progress, "config": config,
                                                     "digest": digest})
+        self.progress_file.unlink(missing_ok=True)  # a run of format v1 continued: its counters are here now
 
     def read_progress(self) -> dict:
         return self.load_state()[0]

@@ -208,7 +208,7 @@ class Trainer:
     def _rollback(self, stage: Stage, reason: str) -> None:
         """Non-finite loss: restore the last good state (see :meth:`_is_good`) and halve the
         learning rate; after ``MAX_ROLLBACKS`` in one stage, stop with the best weights kept."""
-        if self.c.get("stage_rollbacks", 0) >= MAX_ROLLBACKS:
+        if self.c["stage_rollbacks"] >= MAX_ROLLBACKS:
             self._restore(self.best)
             where = self.run_dir.finish(self, diverged=f"{stage.name}: {reason}") if self.run_dir else None
             unit = "" if self.opt.loss == "lasso" else " dB"
@@ -223,7 +223,7 @@ class Trainer:
             self.optim.state[p] = {k: v.clone() for k, v in st.items()}
         self.c["lr_scale"] *= 0.5
         self.c["nan_events"] += 1
-        self.c["stage_rollbacks"] = self.c.get("stage_rollbacks", 0) + 1
+        self.c["stage_rollbacks"] += 1
         self._append_metrics({"event": "rollback", "reason": reason, "stage": stage.name,
                               "step": self.c["step"], "lr_scale": self.c["lr_scale"]})
         self.log(f"  {stage.name} step {self.c['step']}: {reason}; restored the last good state, "
