@@ -198,6 +198,10 @@ def test_resume_refuses_a_changed_config_naming_the_fields(problem_file, tmp_pat
     (run / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     _edit_json(run / "config.json", options__seed=2)
     _one_line_error(["train", "--resume", str(run)], capsys, "options.seed")
+    (run / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    _one_line_error(["train", "--resume", str(run), "--lr", "0.1", "--budget-samples", "999"], capsys,
+                    "drop --budget-samples, --lr")
+    assert main(["train", "--resume", str(run)]) == 0
 
 
 def test_tampered_checkpoint_counters_and_metrics_are_one_line(problem_file, tmp_path, capsys):

@@ -33,6 +33,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     if a.resume:
         check(not (a.out or a.problem or a.model),
               "--resume RUN continues a run as configured; drop PROBLEM, --model and --out")
+        given = [f"--{d.replace('_', '-')}" for d, v in a.train_defaults.items() if getattr(a, d) != v]
+        check(not given, f"--resume RUN continues a run as configured (its settings cannot change part-way); "
+                         f"drop {', '.join(given)}")
         fit(api.reopen(a.resume, a.device))
         return
     check(a.problem is not None, "train needs a PROBLEM file (or --resume RUN)")
@@ -87,7 +90,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--seed", type=seed_int, default=0)
     pt.add_argument("--init-from", metavar="RUN", help="start from the trained weights of RUN (same model; "
                     "its config may differ, e.g. in support selection: a curriculum)")
-    pt.set_defaults(func=cmd_train)
+    settings = ("layers", "schedule", "loss", "loss_lam", "budget_samples", "batch", "lr", "patience", "eval_every",
+                "set", "seed", "init_from")  # what --resume may not change
+    pt.set_defaults(func=cmd_train, train_defaults={d: pt.get_default(d) for d in settings})
 
     pe = sub.add_parser("eval", help="per-layer NMSE of a run next to ISTA/FISTA and the oracle; writes RUN/eval.csv")
     pe.add_argument("run")
