@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch
 from .. import api
 from .. import evaluation as E
 from ..errors import UsageError, check
-from ..io import write_json
+from ..io import open_nofollow, write_json
 from ..models import MODELS, build, make_config
 from ..problem import Problem, _stream
 from ..training import RunDir, make_schedule
@@ -254,8 +255,11 @@ class Runner:
             self.counts["trained"] += 1
 
         def log(line: str) -> None:
-            with open(logfile, "a") as f:
-                f.write(line + "\n")
+            fd = open_nofollow(logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
 
         run = api.train(train_problem, model, schedule={"name": sched["name"], **kw}, out=rd, device=self.device,
                         resume=True, log=log, meta=dict(repro=dict(experiment=exp.name, train_size=cell.train_size,
