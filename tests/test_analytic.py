@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unrolled import Problem, ProblemSpec, UsageError, analytic_weights, coherence
-from unrolled.analytic import closed_form, objective, projected_gradient
+from unrolled.analytic import closed_form, objective, pgd, projected_gradient
 
 D = torch.float64
 
@@ -29,7 +29,7 @@ def test_closed_form_equals_pgd(A):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # full rank: no warning
         pg = analytic_weights(A, "pgd", max_iter=5000)
-    assert 0 < pg.iterations < 5000  # stopped on the relative-change test
+    assert 0 < pg.iterations < 5000 and pg.converged and pg.change < 1e-12  # stopped on the relative-change test
     assert abs(pg.objective - cf.objective) <= 1e-6 * cf.objective
     torch.testing.assert_close(torch.diagonal(pg.W.T @ A), torch.ones(61, dtype=D), rtol=0, atol=1e-10)
     # the optimum is unique for full-rank A: the matrices agree too
@@ -49,8 +49,10 @@ def test_closed_form_is_optimal_against_feasible_perturbations(A):
         torch.testing.assert_close(torch.diagonal(Wp.T @ A), torch.ones(61, dtype=D), rtol=0, atol=1e-10)
         assert objective(Wp, A) >= f0 * (1 - 1e-12)
         assert objective(Wp, A) > f0  # strictly convex on the feasible set when A A^T is invertible
-    # the reference algorithm stopped early is no better
-    assert objective(projected_gradient(A, max_iter=20)[0], A) > f0
+    # the reference algorithm stopped early is no better, and says it stopped early
+    with pytest.warns(UserWarning, match="PGD stopped at max_iter=20 .* not converged"):
+        W20 = projected_gradient(A, max_iter=20)[0]
+    assert objective(W20, A) > f0
 
 
 def test_objective_and_coherence_definitions():
@@ -93,3 +95,51 @@ def test_float32_input_gives_float32_w(A):
 def test_unknown_method_lists_valid():
     with pytest.raises(UsageError, match="valid: closed-form, pgd"):
         analytic_weights(torch.eye(3, dtype=D), "foo")
+
+
+def scaled(A, norm2):
+    return A * (norm2 ** 0.5 / float(torch.linalg.matrix_norm(A, ord=2)))
+
+
+@pytest.mark.parametrize("columns", ["uniform", "unequal"])
+def test_pgd_step_from_the_norm_converges_where_the_reference_step_diverged(A, columns):
+    """||A||_2^2 = 100 (columns of norm about 4, or of norms 1..10 before scaling): the reference's fixed
+    step 0.1 is outside (0, 2/L) = (0, 0.02) and gave NaN after 1000 iterations; the default 1/L
+    converges (measured 427 and 1123 iterations) to the closed form's objective."""
+    B = A if columns == "uniform" else A * torch.linspace(1, 10, 61, dtype=D)
+    B = scaled(B, 100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = analytic_weights(B, "pgd", max_iter=3000)
+    assert res.converged and res.change < 1e-12 and res.iterations < 3000
+    assert torch.isfinite(res.W).all()
+    cf = analytic_weights(B)
+    assert abs(res.objective - cf.objective) <= 1e-8 * cf.objective
+    torch.testing.assert_close(torch.diagonal(res.W.T @ B), torch.ones(61, dtype=D), rtol=0, atol=1e-10)
+    assert pgd(B).step == pytest.approx(1 / 100.0, rel=1e-12)
+    with pytest.raises(UsageError, match=r"step=0.1 diverges .* 2/\|\|A\|\|\^2 = 0.02"):
+        pgd(B, step=0.1)
+
+
+def test_reference_step_is_kept_where_stable(A):
+    # ||A||^2 ~ 5.5 < 20: step 0.1 is allowed and reaches the same optimum as 1/L, in more iterations
+    ref, safe = pgd(A, step=0.1, max_iter=5000), pgd(A, max_iter=5000)
+    assert ref.converged and safe.converged and safe.iterations < ref.iterations
+    assert abs(objective(ref.W, A) - objective(safe.W, A)) <= 1e-9 * objective(safe.W, A)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_a_is_a_one_line_error(A, bad):
+    B = A.clone()
+    B[3, 5] = bad
+    for method in ("pgd", "closed-form"):
+        with pytest.raises(UsageError, match="A contains NaN or Inf") as err:
+            analytic_weights(B, method)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="A is zero"):
+        pgd(torch.zeros(3, 4, dtype=D))
+
+
+def test_closed_form_reports_no_iterations(A):
+    res = analytic_weights(A)
+    assert res.iterations == 0 and res.converged and res.change == 0.0

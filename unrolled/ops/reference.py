@@ -147,12 +147,16 @@ def bg_denoise(r: Tensor, tau2: Tensor, eps: Tensor | float, var: Tensor | float
     and the per-sample mean of its derivative in ``r`` (the Onsager term of AMP).
 
     ``E[x | r] = pi(r) c r`` with ``c = var / (var + tau2)`` and ``pi = sigmoid(llr)`` the
-    posterior probability that the entry is non-zero; ``d/dr = c pi (1 + (1 - pi) c r^2 / tau2)``.
+    posterior probability that the entry is non-zero,
+    ``llr = log(eps / (1 - eps)) + 1/2 log(1 - c) + 1/2 c r^2 / tau2``;
+    ``d/dr = c pi (1 + (1 - pi) c r^2 / tau2)``.
     """
     c = var / (var + tau2)
     q = (c / tau2) * r * r  # shared by the log-likelihood ratio and the derivative
-    llr = torch.log(eps / (1 - eps)) if isinstance(eps, Tensor) else math.log(eps / (1 - eps))
-    pi = torch.sigmoid(llr + 0.5 * torch.log(1 - c) + 0.5 * q)
+    prior = torch.log(eps / (1 - eps)) if isinstance(eps, Tensor) else math.log(eps / (1 - eps))
+    # log(1 - c) as -log1p(var / tau2): 1 - c rounds to 0 once tau2 < eps(dtype) var, and log 0 = -inf
+    # zeroed every entry of a converged noiseless AMP, which then restarted from x = 0 (issue 15).
+    pi = torch.sigmoid(prior - 0.5 * torch.log1p(var / tau2) + 0.5 * q)
     x = pi * c * r
     dx = (c * pi * (1 + (1 - pi) * q)).mean(-1, keepdim=True)
     return x, dx
@@ -164,21 +168,54 @@ def soft_denoise(r: Tensor, tau2: Tensor, alpha: Tensor | float) -> tuple[Tensor
     return soft_threshold(r, theta), (r.abs() > theta).to(r.dtype).mean(-1, keepdim=True)
 
 
+def amp_floor(y: Tensor, n: int) -> Tensor:
+    """The least effective noise variance AMP uses, ``max(n eps^2 ||y||^2 / m, eps^2)`` per sample,
+    ``(batch, 1)``, with ``eps = eps(dtype)`` and ``n`` the signal length.
+
+    It is the rounding level of the residual: each entry of ``y - A x`` sums ``n`` products rounded
+    at ``eps``, so a smaller ``||v||^2 / m`` measures rounding, not the error of ``x`` (at ``n = 500``
+    286 dB below ``||y||^2 / m`` in float64, 111 dB in float32; a noisy problem never gets there).
+    The absolute ``eps^2`` keeps ``y = 0`` finite.
+    """
+    eps2 = torch.finfo(y.dtype).eps ** 2
+    return ((n * eps2 / y.shape[-1]) * (y * y).sum(-1, keepdim=True)).clamp_min(eps2)
+
+
+def amp_variance(v: Tensor, floor: Tensor, gain: Tensor | float = 1.0) -> Tensor:
+    """AMP's effective noise variance ``tau2 = max(gain ||v||^2 / m, floor)`` per sample, ``(batch, 1)``
+    (``floor`` from :func:`amp_floor`)."""
+    return torch.maximum((gain / v.shape[-1]) * (v * v).sum(-1, keepdim=True), floor)
+
+
 def amp_step(x: Tensor, v: Tensor, onsager: Tensor | float, y: Tensor, A: Tensor, B: Tensor,
-             denoise, gain: Tensor | float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
-    """One (learned) AMP iteration; returns ``(x, v, onsager)`` for the next one.
+             denoise, gain: Tensor | float = 1.0, damping: float = 1.0,
+             floor: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One (learned, damped) AMP iteration; returns ``(x, v, onsager)`` for the next one.
 
     ``v = y - A x + onsager v_prev`` (the residual with its Onsager correction),
-    ``tau2 = gain ||v||^2 / m`` (the effective noise variance), ``r = x + B^T v`` and
-    ``x <- denoise(r, tau2)``; the next correction is ``(n / m) mean(denoise')``. AMP is
+    ``tau2 = gain ||v||^2 / m`` (the effective noise variance, at least ``floor``: :func:`amp_variance`;
+    ``None``: :func:`amp_floor` of ``y``, which a caller may compute once per ``y``), ``r = x + B^T v``
+    and ``x <- denoise(r, tau2)``; the next correction is ``(n / m) mean(denoise')``. AMP is
     ``B = A`` and ``gain = 1`` (Donoho, Maleki & Montanari 2009); LAMP learns them
     (Borgerding, Schniter & Rangan 2017).
+
+    ``damping = beta < 1`` damps the two messages, the residual and the estimate, as damped GAMP does
+    (Rangan, Schniter, Fletcher & Sarkar, "On the convergence of approximate message passing with
+    arbitrary matrices", IEEE TIT 2019; Vila, Schniter, Rangan, Krzakala & Zdeborová, ICASSP 2015):
+    ``v <- beta v + (1 - beta) v_prev`` before ``tau2`` and ``r`` are formed, and
+    ``x <- beta denoise(r) + (1 - beta) x_prev``; the Onsager coefficient is not damped.
+    ``beta = 1`` runs the undamped step exactly; AMP damps from its second iteration (the first
+    residual, ``y``, has no previous value).
     """
     m, n = A.shape
-    v = y - x @ A.T + onsager * v
-    tau2 = ((gain / m) * (v * v).sum(-1, keepdim=True)).clamp_min(torch.finfo(v.dtype).eps ** 2)
-    x, dx = denoise(x + v @ B, tau2)
-    return x, v, (n / m) * dx
+    v_new = y - x @ A.T + onsager * v
+    if damping != 1.0:
+        v_new = damping * v_new + (1 - damping) * v
+    tau2 = amp_variance(v_new, amp_floor(y, n) if floor is None else floor, gain)
+    x_new, dx = denoise(x + v_new @ B, tau2)
+    if damping != 1.0:
+        x_new = damping * x_new + (1 - damping) * x
+    return x_new, v_new, (n / m) * dx
 
 
 def fista_momentum(t: float) -> tuple[float, float]:
