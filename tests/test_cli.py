@@ -242,7 +242,7 @@ def test_solve_with_amp(tmp_path, capsys, prob):
     assert "ista: lambda" in text and "amp: lambda" not in text
     gamma = tmp_path / "gamma.npz"
     assert main(["problem", "create", str(gamma), *SMALL, "--signal", "gamma"]) == 0
-    fails(capsys, ["solve", gamma, "--algo", "amp", "--out", tmp_path / "g.csv"], "amp needs signals with zeros",
+    fails(capsys, ["solve", gamma, "--algo", "amp", "--out", tmp_path / "g.csv"], "signals without zero entries",
           out=tmp_path / "g.csv")
 
 

@@ -61,8 +61,8 @@ def cmd_solve(a: argparse.Namespace) -> None:
     for algo in algos:
         choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS], "algorithm")
     if "amp" in algos:
-        check(not MODELS["amp"].skip(problem)[0], f"amp needs signals with zeros (this problem's are "
-              f"{problem.spec.signal}, p={problem.spec.p}); drop amp from --algo")
+        declined, reason = MODELS["amp"].skip(problem)
+        check(not declined, f"amp cannot serve this problem: {reason}; drop amp from --algo")
     x, y = E.evaluation_set(problem, "test", a.test_x, a.test_size, a.snr)
     # every iteration's estimate is kept for the per-iteration table (float64, with the solver's own copy)
     check_memory(16 * (a.iters + 1) * len(x) * problem.n, f"--iters {a.iters:,} on {len(x):,} test signals",
