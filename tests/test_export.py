@@ -74,6 +74,7 @@ def test_onnx_round_trip(name, problem, y, tmp_path):
     assert_same(session.run(None, {session.get_inputs()[0].name: y.numpy()})[0], want)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the shape checks become constants, as they should
 @pytest.mark.parametrize("backend", ["torch"] + (["numba"] if ops.numba_available() else []))
 @pytest.mark.parametrize("name", ["alista", "aglista", "na-alista", "lista-cpss"])
 def test_trace_on_a_fast_backend_records_the_reference(name, backend, problem, y):
