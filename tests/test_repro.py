@@ -323,27 +323,9 @@ def test_claims_compare_groups():
 
 def _repro_killed_at(k: int, toml, out) -> int:
     """``run_experiment`` in a forked child that dies (``os._exit``, no cleanup) at fault point ``k``."""
-    import os
-    import sys
+    from faults import killed_at
 
-    from unrolled import io
-
-    pid = os.fork()
-    if pid == 0:
-        try:
-            seen = [0]
-
-            def hook(where: str) -> None:
-                seen[0] += 1
-                if seen[0] == k:
-                    os._exit(75)
-
-            io._fault_hook = hook
-            sys.stdout = sys.stderr = open(os.devnull, "w")
-            run_experiment(str(toml), "smoke", out, log=lambda s: None)
-        finally:
-            os._exit(0)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return killed_at(k, lambda: run_experiment(str(toml), "smoke", out, log=lambda s: None))
 
 
 def _kill_and_rerun(tmp_path, chosen):

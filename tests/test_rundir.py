@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from faults import killed_at
 
 import unrolled as ur
 from unrolled import io
@@ -54,22 +55,7 @@ def _same(a: Path, b: Path) -> None:
 
 def _killed_at(k: int, argv: list[str]) -> int:
     """Run ``main(argv)`` in a forked child that dies (``os._exit``, no cleanup) at fault point ``k``."""
-    pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        try:
-            seen = [0]
-
-            def hook(where: str) -> None:
-                seen[0] += 1
-                if seen[0] == k:
-                    os._exit(75)
-
-            io._fault_hook = hook
-            sys.stderr = sys.stdout = open(os.devnull, "w")
-            main(argv)
-        finally:
-            os._exit(0)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return killed_at(k, lambda: main(argv))
 
 
 def test_a_kill_at_every_write_resumes_bit_identically(reference, problem_file, tmp_path, capsys):
