@@ -19,11 +19,15 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def positive_int(s: str) -> int:
+def integer(s: str) -> int:
     try:
-        v = int(s)
+        return int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+
+
+def positive_int(s: str) -> int:
+    v = integer(s)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} must be >= 1")
     return v
@@ -54,10 +58,7 @@ def positive(s: str) -> float:
 
 
 def seed_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
+    v = integer(s)
     if not 0 <= v < 2**63:
         raise argparse.ArgumentTypeError(f"seed {v} must be in [0, 2^63)")
     return v
