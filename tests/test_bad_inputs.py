@@ -21,7 +21,8 @@ CASES = [
     ("seed-negative", ["problem", "create", "o.npz", "--seed", "-1"], ["--seed", "[0, 2^63)"]),
     ("snr-huge-negative", ["problem", "create", "o.npz", "--snr=-1e308"], ["--snr", "dB must be in"]),
     ("gamma-rate-inf", ["problem", "create", "o.npz", "--signal", "gamma", "--gamma-rate", "inf"], ["--gamma-rate"]),
-    ("sparse-mat", ["problem", "create", "o.npz", "--a-file", "sparse.mat"], ["sparse matrix"]),
+    ("sparse-mat-too-big", ["problem", "create", "o.npz", "--a-file", "sparse.mat"], ["sparse 1,000,000x100,000",
+                                                                                          "GiB"]),
     ("v73-mat", ["problem", "create", "o.npz", "--a-file", "v73.mat"], ["v7.3"]),
     ("complex-a-file", ["problem", "create", "o.npz", "--a-file", "cplx.npy"], ["complex128"]),
     ("huge-matrix", ["problem", "create", "o.npz", "--m", "100000", "--n", "1000000"], ["GiB", "A (100,000"]),
@@ -48,7 +49,8 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")
     Problem(ProblemSpec(m=23, n=41, p=0.15, val_size=100, test_size=100, seed=3)).save(d / "p.npz")
     np.save(d / "zero.npy", np.zeros((10, 41)))
-    scipy.io.savemat(d / "sparse.mat", {"A": scipy.sparse.random(23, 41, density=0.5, format="csc", random_state=0)})
+    big = scipy.sparse.csc_matrix(([1.0, 2.0], ([0, 7], [0, 3])), shape=(10**6, 10**5))  # 800 GB dense
+    scipy.io.savemat(d / "sparse.mat", {"A": big})
     (d / "v73.mat").write_bytes(b"MATLAB 7.3 MAT-file, Platform: GLNXA64" + b"\0" * 500 + b"\x89HDF\r\n\x1a\n")
     np.save(d / "cplx.npy", np.ones((23, 41)) * (1 + 1j))
     (d / "rand.npz").write_bytes(np.random.default_rng(0).bytes(2000))

@@ -54,7 +54,7 @@ def test_matrix_npz_prefers_D_then_A_then_single(tmp_path, X):
     np.savez(tmp_path / "one.npz", whatever=X)
     assert np.array_equal(load_matrix(tmp_path / "one.npz"), X)
     np.savez(tmp_path / "none.npz", u=X, v=X)
-    with pytest.raises(UsageError, match=r"keys found: \['u', 'v'\]"):
+    with pytest.raises(UsageError, match=r"keys found: \['u', 'v'\]\); name the one to read with --a-key NAME"):
         load_matrix(tmp_path / "none.npz")
 
 

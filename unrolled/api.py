@@ -33,11 +33,13 @@ from .models import MODELS, Config, UnrolledNet, build, make_config
 from .problem import Problem
 from .solvers import SOLVERS
 from .training import SCHEDULES, RunDir, Stage, Trainer, TrainOptions, load_weights, make_schedule
+from .training.data import DataSpec, TrainingData, to_user_units
 
 BASELINES = ("ista", "fista", "amp")
 RESERVED = ("format", "model", "model_config", "schedule", "stages", "options", "problem", "device", "torch",
-            "init_from")
-SETTINGS = ("model", "model_config", "schedule", "stages", "options", "init_from")  # what a resumed run must match
+            "init_from", "data")
+# what a resumed run must match
+SETTINGS = ("model", "model_config", "schedule", "stages", "options", "init_from", "data")
 MAX_LAYERS = 1000  # a documented cap on K, checked before any model is built
 TEST_ONLY = ("test_noise", "test_snr", "sp_density", "test_perturb", "test_size")  # ProblemSpec fields
 OPTIONS = [f.name for f in dataclasses.fields(TrainOptions)]
@@ -61,16 +63,23 @@ class Run:
     def predict(self, y: np.ndarray | Tensor, chunk: int = 4096) -> np.ndarray | Tensor:
         """``x_hat`` for measurements ``y: (batch, m)`` or ``(m,)``, in chunks of ``chunk`` rows.
 
-        Any floating dtype; the result has ``y``'s type, dtype, device and leading shape:
-        a numpy array for a numpy array, a tensor (detached) for a tensor.
+        ``y`` may also be ``(m, batch)`` (one column per measurement vector, as in MATLAB) when
+        ``batch != m``; the result then is ``(n, batch)``. A square ``(m, m)`` array is read
+        batch-first. Any floating dtype; the result has ``y``'s type, dtype and device: a numpy
+        array for a numpy array, a tensor (detached) for a tensor. Estimates are in the user's
+        units: where the problem normalised its columns they are mapped back (``x / scale``).
         """
-        m, n = self.model.m, self.model.n
+        m = self.model.m
         is_numpy = isinstance(y, np.ndarray)
         check(is_numpy or isinstance(y, Tensor), f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
         check(np.issubdtype(y.dtype, np.floating) if is_numpy else y.is_floating_point(),
               f"y has dtype {y.dtype}; expected floating point numbers (e.g. float32 or float64)")
-        check(y.ndim in (1, 2) and y.shape[-1] == m,
-              f"y has shape {tuple(y.shape)}; expected (batch, {m}) or ({m},): one row of m={m} measurements each")
+        columns = y.ndim == 2 and y.shape[-1] != m and y.shape[0] == m
+        check(y.ndim in (1, 2) and (y.shape[-1] == m or columns),
+              f"y has shape {tuple(y.shape)}; expected (batch, {m}), ({m}, batch) or ({m},): "
+              f"vectors of m={m} measurements each")
+        if columns:
+            return self.predict(y.T, chunk).T
         check(chunk >= 1, f"chunk={chunk} must be >= 1")
         t = torch.from_numpy(np.ascontiguousarray(y)) if is_numpy else y.detach()
         check(bool(torch.isfinite(t).all()), "y contains NaN or Inf")
@@ -79,7 +88,7 @@ class Run:
         with torch.no_grad():
             parts = [self.model(rows[lo:lo + chunk].to(dev, dt)) for lo in range(0, len(rows), chunk)]
             out = torch.cat(parts) if parts else self.model(rows.to(dev, dt))
-        out = out.reshape(*t.shape[:-1], n).to(t.device, t.dtype)
+        out = to_user_units(self.problem, out.double().cpu()).reshape(*t.shape[:-1], self.model.n).to(t.device, t.dtype)
         return out.numpy() if is_numpy else out
 
 
@@ -124,7 +133,8 @@ def train(problem: Problem | str | Path, model: str | UnrolledNet, config: dict 
           schedule: str | dict | Sequence[Stage] = "end-to-end", budget: int | None = None,
           out: str | Path | RunDir | None = None, device: str | torch.device = "cpu", *, lr: float | None = None,
           patience: int | None = None, init_from: str | Path | None = None, resume: bool = False,
-          log: Callable[[str], None] | None = None, meta: dict | None = None, **options: Any) -> Run:
+          log: Callable[[str], None] | None = None, meta: dict | None = None, data: DataSpec | dict | None = None,
+          **options: Any) -> Run:
     """Train ``model`` on ``problem`` and return the :class:`Run`.
 
     - ``problem``: a :class:`Problem` or a ``.npz`` file from ``unrolled problem create``.
@@ -138,12 +148,15 @@ def train(problem: Problem | str | Path, model: str | UnrolledNet, config: dict 
       refused unless ``resume``: then a run with the same settings is continued, or returned
       when finished; one with other settings is refused.
     - ``init_from``: a finished run whose weights start this one (a warm start).
+    - ``data``: a :class:`~unrolled.training.data.DataSpec` (or a dict of its fields): a finite
+      pool generated from the problem (``pool=N``) or read from files (``train_x``, ``train_y``,
+      ``val_x``, ``val_y``, ``val_fraction``); ``None`` draws fresh samples every step.
     - ``options``: :class:`~unrolled.training.TrainOptions` fields (``batch=512, loss="mse",
       loss_lam=0.1, eval_every=50, seed=0, ...``); ``meta``: extra ``config.json`` entries.
     - ``log``: receives the stage summaries (default: stderr, with a progress bar).
     """
     return prepare(problem, model, config, schedule, budget, out, device, lr=lr, patience=patience,
-                   init_from=init_from, resume=resume, log=log, meta=meta, **options).run()
+                   init_from=init_from, resume=resume, log=log, meta=meta, data=data, **options).run()
 
 
 def resume(run_dir: str | Path | RunDir, device: str | torch.device | None = None,
@@ -156,7 +169,8 @@ def prepare(problem: Problem | str | Path, model: str | UnrolledNet, config: dic
             schedule: str | dict | Sequence[Stage] = "end-to-end", budget: int | None = None,
             out: str | Path | RunDir | None = None, device: str | torch.device = "cpu", *, lr: float | None = None,
             patience: int | None = None, init_from: str | Path | None = None, resume: bool = False,
-            log: Callable[[str], None] | None = None, meta: dict | None = None, **options: Any) -> Training:
+            log: Callable[[str], None] | None = None, meta: dict | None = None, data: DataSpec | dict | None = None,
+            **options: Any) -> Training:
     """:func:`train` up to the first step: checks everything, writes the run directory, and
     returns the :class:`Training` (for callers that report what they start)."""
     rd = out if isinstance(out, RunDir) or out is None else RunDir(out)
@@ -172,15 +186,19 @@ def prepare(problem: Problem | str | Path, model: str | UnrolledNet, config: dic
     check(not unknown, f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(OPTIONS)}")
     opts = TrainOptions(**options)
     init = _init_from(Path(init_from), net) if init_from is not None else None
+    spec = data if isinstance(data, DataSpec) or data is None else DataSpec(**data)
+    spec = None if spec is None or spec.fresh else spec
+    pool = spec.build(problem, opts.seed, opts.loss, net.A.dtype) if spec is not None else None
     name, stages = _schedule(schedule, net.K, opts.batch, samples=budget, lr=lr, patience=patience)
     cfg = dict(model=net.name, model_config=dataclasses.asdict(net.config), schedule=name,
                stages=[s.to_dict() for s in stages], options=dataclasses.asdict(opts), device=str(device),
-               torch=torch.__version__, **({"init_from": init} if init else {}))
+               torch=torch.__version__, **({"init_from": init} if init else {}),
+               **({"data": spec.record()} if spec is not None else {}))
     clash = sorted(set(meta or {}) & set(RESERVED))
     check(not clash, f"meta may not set {', '.join(clash)}: those entries of config.json are the run's own")
     cfg.update(meta or {})
     net = net.to(device)
-    trainer = Trainer(net, problem, stages, opts, rd, log)  # its checks come before anything is written
+    trainer = Trainer(net, problem, stages, opts, rd, log, pool)  # its checks come before anything is written
     if rd is None:
         return Training(trainer, net, problem, json.loads(json.dumps(cfg, allow_nan=True)), rd)
     try:
@@ -213,7 +231,9 @@ def reopen(run_dir: str | Path | RunDir, device: str | torch.device | None = Non
             init = cfg["init_from"]
             load_weights(model, Path(init["run"]) / "weights.safetensors", init["weights_sha256"])
         model = model.to(_device(cfg, device, log))
-        trainer = Trainer(model, problem, RunDir.stages(cfg), TrainOptions(**cfg["options"]), rd, log)
+        opts = TrainOptions(**cfg["options"])
+        pool = _pool(cfg, problem, opts, model)
+        trainer = Trainer(model, problem, RunDir.stages(cfg), opts, rd, log, pool)
         started = rd.started
         if started:
             trainer.resume()
@@ -223,6 +243,14 @@ def reopen(run_dir: str | Path | RunDir, device: str | torch.device | None = Non
         rd.unlock()
         raise
     return Training(trainer, model, problem, cfg, rd, resumed=started)
+
+
+def _pool(cfg: dict, problem: Problem, opts: TrainOptions, model: UnrolledNet) -> TrainingData | None:
+    """The training pool a run's ``config.json`` records (its files checked by SHA-256), or ``None``."""
+    if "data" not in cfg:
+        return None
+    check(isinstance(cfg["data"], dict), "config.json has a damaged data record; it was edited")
+    return DataSpec.from_record(cfg["data"]).build(problem, opts.seed, opts.loss, model.A.dtype)
 
 
 def _device(cfg: dict, device: str | torch.device | None, log: Callable[[str], None] | None) -> torch.device:

@@ -111,37 +111,62 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
-    """Read one 2-D float array from ``.npy``, ``.npz`` or ``.mat`` without unpickling."""
+def _half_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def _pick(found: list[str], keys: tuple[str, ...], key: str | None, path: Path, what: str, option: str) -> str:
+    """The array to read: ``key`` if given, else the first of ``keys``, else the only one."""
+    if key is not None:
+        check(key in found, f"{path} has no array named {key!r} (keys found: {found})")
+        return key
+    pick = next((k for k in keys if k in found), found[0] if len(found) == 1 else None)
+    check(pick is not None, f"{path} has no {what} named {' or '.join(keys)} (keys found: {found})"
+                            + (f"; name the one to read with {option} NAME" if option else ""))
+    return pick
+
+
+def _read_array(path: Path, keys: tuple[str, ...], what: str, key: str | None = None,
+                option: str = "--a-key") -> np.ndarray:
+    """Read one 2-D float array from ``.npy``, ``.npz`` or ``.mat`` without unpickling.
+
+    ``key`` names the array in an ``.npz`` / ``.mat`` file (default: the first of ``keys``, or
+    the only array). A sparse ``.mat`` matrix is made dense if that fits in half the memory;
+    a MATLAB v7.3 (HDF5) file is refused in one line.
+    """
     check(path.exists(), f"{what} file {path} does not exist")
+    check(path.is_file(), f"{what} file {path} is not a file")
     check(path.stat().st_size > 0, f"{what} file {path} is empty")
     suffix = path.suffix.lower()
     check(suffix in (".npy", ".npz", ".mat"), f"{what} file {path} must be .npy, .npz or .mat, got {suffix!r}")
     try:
         with open(path, "rb") as f:
-            head = f.read(512)
+            head = f.read(1024)
     except OSError as e:
         raise UsageError(f"cannot read {what} file {path}: {e.strerror}") from None
-    check(not (suffix == ".mat" and b"\x89HDF" in head or head.startswith(b"MATLAB 7.3")),
-          f"{what} file {path} is a MATLAB v7.3 (HDF5) file; save it with save(..., '-v7') or as .npy")
+    check(not (suffix == ".mat" and (head.startswith((b"MATLAB 7.3", b"\x89HDF")) or head[512:516] == b"\x89HDF")),
+          f"{what} file {path} is a MATLAB v7.3 (HDF5) file, which is not read; save it in MATLAB with "
+          f"save(FILE, NAME, '-v7') or as .npy")
     try:
         if suffix == ".npy":
+            check(key is None, f"{option or 'a key'} names an array inside .npz or .mat files; {path} is .npy")
             arr = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
-                found = list(f.files)
-                key = next((k for k in keys if k in found), found[0] if len(found) == 1 else None)
-                check(key is not None, f"{path} has no array named {' or '.join(keys)} (keys found: {found})")
-                arr = f[key]
+                arr = f[_pick(list(f.files), keys, key, path, what, option)]
         else:
             import scipy.io
             import scipy.sparse
 
             d = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
-            key = next((k for k in keys if k in d), None)
-            check(key is not None, f"{path} has no matrix named {' or '.join(keys)} (keys found: {sorted(d)})")
-            arr = d[key]
-            check(not scipy.sparse.issparse(arr), f"{what} in {path} is a sparse matrix; save it as a full matrix")
+            arr = d[_pick(sorted(d), keys, key, path, what, option)]
+            if scipy.sparse.issparse(arr):
+                rows, cols = arr.shape
+                need = 8 * rows * cols
+                check(need <= _half_memory(), f"{what} in {path} is a sparse {rows:,}x{cols:,} matrix; as a dense "
+                                              f"matrix it needs {need / 2**30:,.1f} GiB, more than half of this "
+                                              f"machine's memory")
+                arr = arr.toarray()
     except UsageError:
         raise
     except Exception as e:  # truncated or foreign files: one line naming the file (never numpy's pickle advice)
@@ -155,32 +180,58 @@ def _read_array(path: Path, keys: tuple[str, ...], what: str) -> np.ndarray:
     return arr
 
 
-def load_matrix(path: str | Path) -> np.ndarray:
-    """A measurement matrix ``(m, n)`` from ``.npy``, ``.npz`` or ``.mat`` (key ``D`` or ``A``)."""
+def load_matrix(path: str | Path, key: str | None = None) -> np.ndarray:
+    """A measurement matrix ``(m, n)`` from ``.npy``, ``.npz`` or ``.mat`` (array ``key``;
+    default ``D`` or ``A``, or the file's only array)."""
     path = Path(path)
-    A = _read_array(path, MATRIX_KEYS, "matrix")
+    A = _read_array(path, MATRIX_KEYS, "matrix", key)
     zero = np.flatnonzero(np.linalg.norm(A, axis=0) == 0)
     check(zero.size == 0, f"matrix in {path} has {zero.size} zero column(s) (first: {zero[:3].tolist()})")
     return A
 
 
-def load_signals(path: str | Path, n: int) -> np.ndarray:
-    """Test signals as ``(samples, n)``, from a file in either orientation.
+SIGNAL_KEYS = {"signal": ("x", "X"), "measurement": ("y", "Y")}
+
+
+def load_signals(path: str | Path, n: int, what: str = "signal", key: str | None = None) -> np.ndarray:
+    """Signals (or ``what="measurement"`` vectors) as ``(samples, n)``, from a file in either
+    orientation (keys ``x``/``X`` or ``y``/``Y``, or the file's only array).
 
     The orientation is decided by which axis has length ``n``; a square ``n x n`` file is
     ambiguous and refused.
     """
     path = Path(path)
-    X = _read_array(path, ("x", "X"), "signal")
+    X = _read_array(path, SIGNAL_KEYS[what], what, key, option="")
     rows, cols = X.shape
     check(not (rows == n and cols == n),
           f"{path} is {rows}x{cols}: both axes match n={n}, so the orientation is ambiguous; "
           f"save it with a different number of samples")
-    check(bool((X != 0).any()), f"every signal in {path} is zero: the NMSE is undefined")
+    check(bool((X != 0).any()), f"every {what} in {path} is zero" + (": the NMSE is undefined" if what == "signal"
+                                                                      else ": nothing to learn from"))
     if cols == n:
         return X
-    check(rows == n, f"{path} has shape {X.shape}, but neither axis matches n={n}")
+    check(rows == n, f"{path} has shape {X.shape}, but neither axis matches "
+                     f"{'n' if what == 'signal' else 'm'}={n}")
     return X.T.copy()
+
+
+def save_array(path: str | Path, array: np.ndarray, key: str) -> Path:
+    """Write ``array`` atomically: ``.mat`` with ``scipy.io.savemat`` (variable ``key``), ``.npz``
+    with ``numpy.savez`` (array ``key``), anything else as ``.npy``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    array = np.asarray(array)
+    if suffix == ".mat":
+        import scipy.io
+
+        atomic_write(path, lambda f: scipy.io.savemat(f, {key: array}, do_compression=False))
+    elif suffix == ".npz":
+        atomic_write(path, lambda f: np.savez(f, **{key: array}))
+    else:
+        check(suffix in (".npy", ""), f"output {path} must end in .npy, .npz or .mat")
+        path = path if suffix else path.with_suffix(".npy")
+        atomic_write(path, lambda f: np.save(f, array))
+    return path
 
 
 def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:

@@ -23,6 +23,7 @@ from ..errors import UsageError, check, choice
 from ..metrics import nmse_db
 from ..models import UnrolledNet
 from ..problem import Problem
+from .data import TrainingData
 from .rundir import RunDir
 from .schedule import LOSSES, Stage
 
@@ -59,15 +60,17 @@ class Trainer:
     """Runs ``stages`` on ``model``; with ``run_dir`` it checkpoints after every validation."""
 
     def __init__(self, model: UnrolledNet, problem: Problem, stages: list[Stage], options: TrainOptions,
-                 run_dir: RunDir | str | Path | None = None, log: Callable[[str], None] | None = None) -> None:
+                 run_dir: RunDir | str | Path | None = None, log: Callable[[str], None] | None = None,
+                 data: TrainingData | None = None) -> None:
         check(len(stages) > 0, "the schedule has no stage")
         check(all(s.depth <= model.K for s in stages), f"a stage supervises a layer beyond K={model.K}")
         self.model, self.problem, self.stages, self.opt = model, problem, stages, options
         self.run_dir = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
         self.log = log or self._default_log
         self.device, self.dtype = model.A.device, model.A.dtype
-        x, y = problem.validation(torch.float64)
-        self.x_val = x[: options.val_size].to(self.device, self.dtype)
+        self.data = data  # a finite pool (unrolled/training/data.py); None: fresh samples every step
+        x, y = problem.validation(torch.float64) if data is None else data.validation
+        self.x_val = None if x is None else x[: options.val_size].to(self.device, self.dtype)
         self.y_val = y[: options.val_size].to(self.device, self.dtype)
         self.params = dict(model.named_parameters())
         self.gen = torch.Generator().manual_seed(options.seed)
@@ -295,8 +298,9 @@ class Trainer:
                 self.last_good = (self._snapshot(), self._optim_state_copy())
             while c["step"] < stage.max_steps and c["since_best"] < stage.patience:
                 self._set_lr(stage)
-                x, y = self.problem.sample(o.batch, self.gen, torch.float64)
-                x, y = x.to(self.device, self.dtype), y.to(self.device, self.dtype)
+                x, y = (self.problem.sample(o.batch, self.gen, torch.float64) if self.data is None
+                        else self.data.batch(c["samples"], o.batch))  # a pool's position: samples drawn so far
+                x, y = None if x is None else x.to(self.device, self.dtype), y.to(self.device, self.dtype)
                 loss = self.loss(stage, x, y)
                 if not torch.isfinite(loss):
                     self._rollback(stage, "non-finite loss")
