@@ -93,15 +93,15 @@ class Trainer:
         o = self.opt
         if o.loss == "mse-layers":
             outs = self.model(y, all_layers=True, depth=stage.depth)[1:]
-            return sum(((xk - x) ** 2).sum(1).mean() for xk in outs) / len(outs)
+            return sum(((self.signal(xk) - x) ** 2).sum(1).mean() for xk in outs) / len(outs)
         x_hat = self.model(y, depth=stage.depth)
         if o.loss == "mse":
-            return ((x_hat - x) ** 2).sum(1).mean()
+            return ((self.signal(x_hat) - x) ** 2).sum(1).mean()
         lasso = ops.lasso_objective(x_hat, y, self.model.A, o.loss_lam)
         if o.loss == "lasso":
             return lasso.mean()
         k = max(1, round(o.labelled * len(x)))  # semi: the first k samples carry labels
-        supervised = ((x_hat[:k] - x[:k]) ** 2).sum(1).mean()
+        supervised = ((self.signal(x_hat[:k]) - x[:k]) ** 2).sum(1).mean()
         return o.semi_weight * supervised + (lasso[k:].mean() if k < len(x) else 0.0)
 
     @torch.no_grad()
@@ -110,7 +110,13 @@ class Trainer:
         x_hat = self.model(self.y_val, depth=stage.depth)
         if self.opt.loss == "lasso":
             return float(ops.lasso_objective(x_hat, self.y_val, self.model.A, self.opt.loss_lam).mean())
-        return nmse_db(x_hat.double(), self.x_val.double())
+        return nmse_db(self.signal(x_hat).double(), self.x_val.double())
+
+    def signal(self, x_hat: Tensor) -> Tensor:
+        """What the loss compares with the target: the output, or the problem's ``decode`` of it where it has one
+        (patch compressive sensing, unrolled/images/cs.py: the patch ``D x`` of a code)."""
+        decode = getattr(self.problem, "decode", None)
+        return x_hat if decode is None else decode(x_hat)
 
     # -- optimiser ----------------------------------------------------------------------------
 
