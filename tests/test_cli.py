@@ -107,7 +107,8 @@ def test_good_mat_a_file(tmp_path, capsys, A, key):
     from unrolled import Problem
 
     p = Problem.load(tmp_path / "p.npz")
-    assert p.spec.matrix == "file" and np.array_equal(p.A.numpy(), A)
+    user = p.A.numpy() if p.scale is None else p.A.numpy() * p.scale.numpy()  # normalised, the scale kept
+    assert p.spec.matrix == "file" and np.allclose(user, A, rtol=1e-14, atol=0)
 
 
 # -- bad option values ----------------------------------------------------------------------------------
@@ -117,13 +118,15 @@ def test_good_mat_a_file(tmp_path, capsys, A, key):
     (["--p", "0"], ["p=0.0", "(0, 1]"]), (["--p", "1.5"], ["p=1.5", "(0, 1]"]),
     (["--m", "600"], ["m=600 > n=500"]), (["--m", "0"], ["--m", "0 must be >= 1"]),
     (["--n", "-3"], ["--n"]), (["--m", "2.5"], ["--m", "not an integer"]),
-    (["--matrix", "foo"], ["--matrix", "'foo'", "gaussian", "lowrank", "file"]),
+    (["--matrix", "foo"], ["--matrix", "'foo'", "gaussian", "dct", "toeplitz", "lowrank", "file"]),
     (["--signal", "foo"], ["--signal", "bernoulli", "fixed", "gamma"]),
     (["--test-noise", "foo"], ["salt-pepper"]), (["--p", "nan"], ["--p", "NaN"]),
     (["--p", "abc"], ["--p", "not a number"]), (["--snr=-inf"], ["--snr", "-inf dB"]),
-    (["--kappa", "0.5"], ["kappa"]), (["--matrix", "lowrank"], ["rank"]), (["--matrix", "file"], ["--a-file"]),
+    (["--kappa", "0.5"], ["kappa"]), (["--matrix", "lowrank", "--rank", "600"], ["rank"]),
+    (["--matrix", "file"], ["--a-file"]),
     (["--sp-density", "2"], ["sp_density"]), (["--test-perturb", "-1"], ["test_perturb"]),
-    (["--p", "0.1", "--s", "5"], ["--p or --s"]), (["--bogus"], ["unrecognized", "--bogus"]),
+    (["--p", "0.1", "--s", "5"], ["--p or --s"]), (["--n", "512", "--s", "600"], ["--s 600", "n=512"]),
+    (["--bogus"], ["unrecognized", "--bogus"]),
 ])
 def test_bad_problem_options(tmp_path, capsys, opts, words):
     out = tmp_path / "out.npz"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -101,7 +102,7 @@ def test_lowrank_has_rank_r():
 
 
 @pytest.mark.parametrize("fmt", ["npy", "npz", "mat-D", "mat-A"])
-def test_file_matrix_is_kept_as_given(tmp_path, fmt):
+def test_file_matrix_is_normalised_with_its_scale(tmp_path, fmt):
     A = np.random.default_rng(0).standard_normal((23, 41)) * 3.0  # columns far from unit norm
     if fmt == "npy":
         path = tmp_path / "A.npy"
@@ -113,7 +114,73 @@ def test_file_matrix_is_kept_as_given(tmp_path, fmt):
         path = tmp_path / "A.mat"
         scipy.io.savemat(path, {fmt[-1]: A, "other": np.ones(3)})
     p = Problem(ProblemSpec(m=23, n=41, matrix="file", a_file=str(path)))
-    assert np.array_equal(p.A.numpy(), A)
+    norms = np.linalg.norm(A, axis=0)
+    np.testing.assert_allclose(p.A.numpy(), A / norms, rtol=1e-15)
+    np.testing.assert_allclose(p.scale.numpy(), norms, rtol=1e-15)
+    with pytest.warns(UserWarning, match="raw columns"):
+        raw = Problem(ProblemSpec(m=23, n=41, matrix="file", a_file=str(path), raw_columns=True))
+    assert np.array_equal(raw.A.numpy(), A) and raw.scale is None
+
+
+def test_normalised_problem_round_trips_and_maps_estimates_back(tmp_path):
+    spec = ProblemSpec(m=20, n=40, col_spread=10.0, val_size=5, test_size=5, seed=3)
+    p = Problem(spec)
+    A_user = generate_matrix(spec)
+    assert p.scale is not None and 0.1 <= float(p.scale.min()) and float(p.scale.max()) <= 10
+    np.testing.assert_allclose(np.linalg.norm(p.A.numpy(), axis=0), 1, rtol=1e-14)
+    q = Problem.load(p.save(tmp_path / "p.npz"))
+    assert torch.equal(q.A, p.A) and torch.equal(q.scale, p.scale) and q.spec == spec
+    x, y = p.test(dtype=torch.float64)  # y = A x = A_user x_user: the estimate in user units is x / scale
+    x_user = p.to_user(x)
+    torch.testing.assert_close(x_user @ torch.from_numpy(A_user).T, y - (y - x @ p.A.T), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(p.from_user(x_user), x)
+    assert isinstance(p.to_user(x.numpy()), np.ndarray)
+
+
+def test_old_problem_file_with_raw_columns_loads_as_it_was(tmp_path):
+    A = np.random.default_rng(0).standard_normal((10, 20)) * 2.0
+    spec = ProblemSpec(m=10, n=20, val_size=5, test_size=5)
+    np.savez(tmp_path / "old.npz", A=A, spec=np.array(spec.to_json()), format=np.array("unrolled-problem-v1"))
+    with pytest.warns(UserWarning, match="raw columns"):
+        p = Problem.load(tmp_path / "old.npz")
+    assert np.array_equal(p.A.numpy(), A) and p.scale is None and p.spec.raw_columns
+
+
+def test_later_fields_keep_old_spec_bits():
+    assert "rho" not in ProblemSpec().to_json() and "raw_columns" not in ProblemSpec().to_json()
+    assert '"rho": 0.5' in ProblemSpec(matrix="toeplitz", rho=0.5).to_json()
+    assert ProblemSpec.from_dict(json.loads(ProblemSpec(col_spread=3.0).to_json())) == ProblemSpec(col_spread=3.0)
+
+
+def test_partial_dct_rows_of_the_orthonormal_dct():
+    from scipy.fft import idct
+
+    A = generate_matrix(ProblemSpec(m=16, n=64, matrix="dct", seed=1))
+    rows = np.sort(np.random.default_rng(1).choice(64, size=16, replace=False))
+    D = idct(np.eye(64), norm="ortho", axis=0).T  # the orthonormal DCT-II as a matrix: D @ D.T = I
+    np.testing.assert_allclose(D @ D.T, np.eye(64), atol=1e-12)
+    S = D[rows]
+    np.testing.assert_allclose(A, S / np.linalg.norm(S, axis=0), atol=1e-12)
+
+
+def test_toeplitz_columns_are_correlated():
+    A = generate_matrix(ProblemSpec(m=60, n=60, matrix="toeplitz", seed=0))
+    G = A.T @ A  # E[a_i^T a_j] = 0.9^|i-j| (before the columns are normalised)
+    assert 0.8 < float(np.mean(np.diag(G, 1))) < 1.0
+    assert float(np.mean(np.abs(np.diag(G, 40)))) < 0.3
+
+
+def test_lowrank_default_rank_and_suite_kinds():
+    from unrolled.problem import MATRIX_SUITE, SUITE_RATIOS
+
+    spec = ProblemSpec(m=40, n=80, matrix="lowrank")
+    assert spec.inner_rank == 32 and np.linalg.matrix_rank(generate_matrix(spec)) == 32
+    for kw in MATRIX_SUITE.values():
+        for r in SUITE_RATIOS:
+            p = Problem(ProblemSpec(m=int(64 * r), n=64, val_size=2, test_size=2, **kw))
+            np.testing.assert_allclose(np.linalg.norm(p.A.numpy(), axis=0), 1, rtol=1e-13)
+    with pytest.raises(UsageError, match="rho"):
+        ProblemSpec(rho=0.5)
 
 
 def test_file_matrix_shape_must_match_spec(tmp_path):
@@ -200,8 +267,8 @@ def test_test_perturb_changes_only_the_test_matrix():
 
 @pytest.mark.parametrize("kw, words", [
     (dict(p=0.0), "outside (0, 1]"), (dict(p=1.5), "outside (0, 1]"), (dict(m=50, n=41), "m=50 > n=41"),
-    (dict(m=0), "positive"), (dict(matrix="foo"), "valid: gaussian, lowrank, file"),
-    (dict(signal="foo"), "valid: bernoulli"), (dict(kappa=0.5), "kappa"), (dict(matrix="lowrank"), "rank"),
+    (dict(m=0), "positive"), (dict(matrix="foo"), "valid: gaussian, dct, toeplitz, lowrank, file"),
+    (dict(signal="foo"), "valid: bernoulli"), (dict(kappa=0.5), "kappa"), (dict(matrix="lowrank", rank=300), "rank"),
     (dict(matrix="file"), "a_file"), (dict(snr=math.nan), "snr=nan"), (dict(snr=-math.inf), "snr=-inf"),
     (dict(test_snr=math.nan), "test_snr=nan"),
 ])
@@ -239,7 +306,9 @@ def test_file_based_problem_round_trip_keeps_A_without_the_file(tmp_path):
     p = Problem(ProblemSpec(m=23, n=41, matrix="file", a_file=str(tmp_path / "A.npy")))
     path = p.save(tmp_path / "prob.npz")
     (tmp_path / "A.npy").unlink()
-    assert np.array_equal(Problem.load(path).A.numpy(), A)
+    q = Problem.load(path)
+    assert torch.equal(q.A, p.A) and torch.equal(q.scale, p.scale)
+    np.testing.assert_allclose(q.A.numpy() * q.scale.numpy(), A, rtol=1e-14)
 
 
 def test_load_refuses_foreign_and_corrupted_files(tmp_path):

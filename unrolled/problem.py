@@ -19,6 +19,11 @@ Exact rules (documented choices where the papers are vague):
   use ``A`` itself.
 * Validation and test sets are drawn from streams derived from ``seed`` that training
   never touches; training batches come from a generator the caller owns.
+* Column normalisation: a matrix whose column norms differ from 1 by more than
+  ``COLUMN_TOL`` (relative) is stored normalised, ``A = A_user / scale`` with
+  ``scale = ||A_user[:, j]||``; signals are modelled in these units, and
+  :meth:`Problem.to_user` maps an estimate back (``x_user = x / scale``).
+  ``raw_columns=True`` keeps the matrix as given (with a warning).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +43,18 @@ from .errors import UsageError, check, choice
 from .io import atomic_write, load_matrix
 from .ops.reference import lipschitz
 
-MATRICES = ("gaussian", "lowrank", "file")
+MATRICES = ("gaussian", "dct", "toeplitz", "lowrank", "file")
+COLUMN_TOL = 1e-6  # relative deviation of a column norm from 1 beyond which columns are normalised
+LOWRANK_FRACTION = 0.8  # a low-rank matrix's default inner rank, r = round(0.8 m)
+TOEPLITZ_RHO = 0.9  # a correlated-column matrix's default correlation
+# Fields added after problem files were first written: left out of the spec's JSON at their
+# defaults, so that older specs keep their bits (run records, repro fingerprints).
+_LATER_FIELDS = {"rho": None, "col_spread": 1.0, "raw_columns": False}
+# The matrix suite (issue 15): every kind a default recipe must handle; m/n in RATIOS.
+MATRIX_SUITE = {"gaussian": {}, "dct": {"matrix": "dct"}, "kappa15": {"kappa": 15.0}, "kappa100": {"kappa": 100.0},
+                "lowrank": {"matrix": "lowrank"}, "toeplitz": {"matrix": "toeplitz"},
+                "unnormalised": {"col_spread": 10.0}}
+SUITE_RATIOS = (1 / 2, 1 / 4, 1 / 8)
 SIGNALS = ("bernoulli", "fixed", "gamma")
 TEST_NOISES = ("gaussian", "salt-pepper")
 FORMAT = "unrolled-problem-v1"
@@ -78,6 +95,9 @@ class ProblemSpec:
     test_perturb: float = 0.0
     val_size: int = 2000
     test_size: int = 10000
+    rho: float | None = None
+    col_spread: float = 1.0
+    raw_columns: bool = False
 
     def __post_init__(self) -> None:
         choice(self.matrix, MATRICES, "matrix")
@@ -102,8 +122,12 @@ class ProblemSpec:
         if self.kappa is not None:
             check(self.kappa >= 1, f"kappa={self.kappa} must be >= 1 (a condition number)")
         if self.matrix == "lowrank":
-            check(self.rank is not None and 1 <= self.rank <= self.m,
+            check(self.rank is None or 1 <= self.rank <= self.m,
                   f"matrix 'lowrank' needs 1 <= rank <= m={self.m}, got rank={self.rank}")
+        check(self.rho is None or (self.matrix == "toeplitz" and 0 <= self.rho < 1),
+              f"rho={self.rho}: the column correlation is for matrix 'toeplitz' only and must be in [0, 1)")
+        check(math.isfinite(self.col_spread) and self.col_spread >= 1,
+              f"col_spread={self.col_spread} must be a finite number >= 1 (1 = unit-norm columns)")
         if self.matrix == "file":
             check(self.a_file is not None, "matrix 'file' needs a_file (--a-file PATH)")
 
@@ -112,8 +136,18 @@ class ProblemSpec:
         """Expected number of non-zeros per signal, ``p * n``."""
         return self.p * self.n
 
+    @property
+    def inner_rank(self) -> int:
+        """The inner dimension of a low-rank ``A = U V`` (``rank``, default ``round(0.8 m)``)."""
+        return self.rank if self.rank is not None else max(1, round(LOWRANK_FRACTION * self.m))
+
+    def record(self) -> dict:
+        """The spec as a dict; fields added later are left out at their defaults (same bits as before)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in _LATER_FIELDS or v != _LATER_FIELDS[k]}
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, allow_nan=True)
+        return json.dumps(self.record(), sort_keys=True, allow_nan=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> ProblemSpec:
@@ -140,9 +174,18 @@ def generate_matrix(spec: ProblemSpec) -> np.ndarray:
         A = load_matrix(Path(spec.a_file))
         check(A.shape == (m, n), f"{spec.a_file} holds a {A.shape[0]}x{A.shape[1]} matrix but the spec says {m}x{n}")
     elif spec.matrix == "lowrank":
-        U = rng.standard_normal((m, spec.rank))
-        V = rng.standard_normal((spec.rank, n))
+        U = rng.standard_normal((m, spec.inner_rank))
+        V = rng.standard_normal((spec.inner_rank, n))
         A = _colnorm(U @ V)
+    elif spec.matrix == "dct":  # m rows, drawn without replacement, of the orthonormal n x n DCT-II
+        from scipy.fft import dct
+
+        rows = np.sort(rng.choice(n, size=m, replace=False))
+        A = _colnorm(dct(np.eye(n), norm="ortho", axis=0)[rows])
+    elif spec.matrix == "toeplitz":  # columns correlated: E[a_i^T a_j] = rho^|i-j|
+        rho = TOEPLITZ_RHO if spec.rho is None else spec.rho
+        C = rho ** np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+        A = _colnorm(rng.standard_normal((m, n)) @ np.linalg.cholesky(C).T / math.sqrt(m))
     else:
         A = _colnorm(rng.standard_normal((m, n)) / math.sqrt(m))
     if spec.kappa is not None:
@@ -150,7 +193,20 @@ def generate_matrix(spec: ProblemSpec) -> np.ndarray:
         s = np.logspace(0, math.log10(1 / spec.kappa), m)
         s *= math.sqrt(n) / np.linalg.norm(s)
         A = _colnorm((U * s) @ Vt)
+    if spec.col_spread > 1:  # unnormalised columns: norms log-uniform in [1/spread, spread]
+        g = np.random.default_rng([spec.seed, 6])
+        A = A * np.exp(g.uniform(-1, 1, n) * math.log(spec.col_spread))
     return A
+
+
+def column_scale(A: np.ndarray) -> np.ndarray | None:
+    """The column norms of ``A`` where one differs from 1 by more than ``COLUMN_TOL``, else ``None``."""
+    norms = np.linalg.norm(A, axis=0)
+    return norms if bool((np.abs(norms - 1) > COLUMN_TOL).any()) else None
+
+
+def _like(t: torch.Tensor, x):
+    return t.to(x.device, x.dtype) if isinstance(x, torch.Tensor) else t.numpy().astype(np.asarray(x).dtype)
 
 
 class Problem:
@@ -160,13 +216,25 @@ class Problem:
     an explicit generator, and :meth:`validation` / :meth:`test` are fixed, seeded sets.
     """
 
-    def __init__(self, spec: ProblemSpec, A: np.ndarray | None = None) -> None:
+    def __init__(self, spec: ProblemSpec, A: np.ndarray | None = None, scale: np.ndarray | None = None) -> None:
+        """``A`` in the user's units (default: generated from ``spec``), normalised unless
+        ``spec.raw_columns``; or, with ``scale``, ``A`` already normalised (a saved problem)."""
         self.spec = spec
         A = generate_matrix(spec) if A is None else np.asarray(A, dtype=np.float64)
         check(A.shape == (spec.m, spec.n), f"A has shape {A.shape}, the spec says ({spec.m}, {spec.n})")
         check(bool(np.isfinite(A).all()), "A contains NaN or Inf; fix the matrix")
         check(bool((np.linalg.norm(A, axis=0) > 0).all()), "A has a zero column; every column must be non-zero")
+        if scale is None and not spec.raw_columns and (scale := column_scale(A)) is not None:
+            A = A / scale
+        elif scale is not None:
+            scale = np.asarray(scale, dtype=np.float64)
+            check(scale.shape == (spec.n,) and bool(np.isfinite(scale).all() and (scale > 0).all()),
+                  f"the column scale must be {spec.n} positive numbers")
+        elif spec.raw_columns and (norms := column_scale(A)) is not None:
+            warnings.warn(f"raw columns: norms from {norms.min():.3g} to {norms.max():.3g}, not 1; ALISTA's W, "
+                          f"AMP and the initial thresholds assume unit-norm columns", stacklevel=2)
         self.A = torch.from_numpy(A)
+        self.scale = None if scale is None else torch.from_numpy(scale)
         self._sets: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._L: float | None = None
 
@@ -177,6 +245,14 @@ class Problem:
     @property
     def n(self) -> int:
         return self.spec.n
+
+    def to_user(self, x):
+        """Estimates in the user's units: ``x / scale`` (``x`` itself for unit-norm columns)."""
+        return x if self.scale is None else x / _like(self.scale, x)
+
+    def from_user(self, x):
+        """Signals in the user's units mapped to the problem's (normalised) ones: ``x * scale``."""
+        return x if self.scale is None else x * _like(self.scale, x)
 
     @property
     def L(self) -> float:
@@ -274,7 +350,8 @@ class Problem:
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
 
         def write(f):
-            np.savez(f, A=self.A.numpy(), spec=np.array(self.spec.to_json()), format=np.array(FORMAT))
+            extra = {} if self.scale is None else {"scale": self.scale.numpy()}
+            np.savez(f, A=self.A.numpy(), spec=np.array(self.spec.to_json()), format=np.array(FORMAT), **extra)
 
         atomic_write(path, write)
         return path
@@ -291,6 +368,7 @@ class Problem:
                 check(str(f["format"]) == FORMAT, f"{path} has format {f['format']}, expected {FORMAT}")
                 spec = ProblemSpec.from_dict(json.loads(str(f["spec"])))
                 A = np.array(f["A"])
+                scale = np.array(f["scale"]) if "scale" in keys else None
         except UsageError:
             raise
         except Exception as e:  # zip/format errors from NumPy: name the file, not the internals (nor its advice
@@ -299,7 +377,10 @@ class Problem:
             raise UsageError(f"cannot read problem file {path}: {why}") from None
         check(A.dtype.kind == "f" and A.ndim == 2, f"problem file {path}: A has dtype {A.dtype} and shape {A.shape}; "
                                                    f"expected a real 2-D matrix")
-        return cls(spec, A)
+        if scale is None and not spec.raw_columns and column_scale(A) is not None:
+            # a file written before normalisation: used as it was (and trained on), raw, with the warning
+            spec = dataclasses.replace(spec, raw_columns=True)
+        return cls(spec, A, scale)
 
     def __repr__(self) -> str:
         s = self.spec

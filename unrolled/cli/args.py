@@ -115,7 +115,15 @@ def add_problem_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=d.seed)
     p.add_argument("--matrix", choices=MATRICES, default=d.matrix)
     p.add_argument("--kappa", type=positive, default=None, help="condition number of A (docs/spec.md §2)")
-    p.add_argument("--rank", type=positive_int, default=None, help="inner dimension r of a low-rank A = U V")
+    p.add_argument("--rank", type=positive_int, default=None,
+                   help="inner dimension r of a low-rank A = U V (default round(0.8 m))")
+    p.add_argument("--rho", type=finite, default=None,
+                   help="column correlation of --matrix toeplitz, in [0, 1) (default 0.9)")
+    p.add_argument("--col-spread", type=finite, default=d.col_spread,
+                   help="unnormalised columns: norms log-uniform in [1/S, S] before normalisation (1 = none)")
+    p.add_argument("--raw-columns", action="store_true",
+                   help="keep A's columns as given instead of normalising them (warns; ALISTA, AMP and the "
+                        "initial thresholds assume unit-norm columns)")
     p.add_argument("--a-file", default=None, help="load A from .npy, .npz or .mat (key D or A)")
     p.add_argument("--signal", choices=SIGNALS, default=d.signal)
     p.add_argument("--gamma-shape", type=positive, default=d.gamma_shape)
@@ -136,15 +144,19 @@ def spec_from_args(a: argparse.Namespace) -> ProblemSpec:
     if a.a_file:
         from ..io import load_matrix
 
-        A = load_matrix(a.a_file)
+        A = load_matrix(a.a_file, getattr(a, "a_key", None))
         for name, given, found in (("--m", a.m, A.shape[0]), ("--n", a.n, A.shape[1])):
             check(given in (None, found), f"{name} {given} contradicts {a.a_file} ({A.shape[0]}x{A.shape[1]}); "
                                           f"drop {name}")
         m, n = A.shape
         matrix = "file"
     check(a.p is None or a.s is None, "give --p or --s, not both")
+    if a.s is not None:
+        check(0 < a.s <= n, f"--s {a.s:g} must be in (0, n={n}]: it is the expected number of non-zeros per "
+                            f"signal, at most the signal length")
     p = a.s / n if a.s is not None else (0.1 if a.p is None else a.p)
     return ProblemSpec(m=m, n=n, p=p, snr=a.snr, seed=a.seed, matrix=matrix, kappa=a.kappa, rank=a.rank,
+                       rho=a.rho, col_spread=a.col_spread, raw_columns=a.raw_columns,
                        a_file=str(Path(a.a_file).resolve()) if a.a_file else None, signal=a.signal,
                        gamma_shape=a.gamma_shape, gamma_rate=a.gamma_rate, test_noise=a.test_noise,
                        test_snr=a.test_snr, sp_density=a.sp_density, test_perturb=a.test_perturb,

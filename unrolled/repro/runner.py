@@ -45,7 +45,7 @@ class PooledProblem(Problem):
     """
 
     def __init__(self, problem: Problem, size: int) -> None:
-        super().__init__(problem.spec, problem.A.numpy())
+        super().__init__(problem.spec, problem.A.numpy(), None if problem.scale is None else problem.scale.numpy())
         g = _stream(problem.spec.seed, 6)
         self.px, self.py = problem.sample(size, g, torch.float32)
 
@@ -140,7 +140,7 @@ class Runner:
     def fingerprint(self, cell: Cell, what) -> str:
         """What a cell's rows depend on: editing the experiment or the budget invalidates the cell."""
         exp, b = self.exp, self.budget
-        ident = dict(spec=dataclasses.asdict(cell.spec), K=b.K, what=what if isinstance(what, str) else
+        ident = dict(spec=cell.spec.record(), K=b.K, what=what if isinstance(what, str) else
                      dataclasses.asdict(what), analysis=exp.analysis, budget_analysis=b.analysis)
         if what == "classical":
             ident.update(baselines=exp.baselines, oracle=exp.oracle)
@@ -198,7 +198,7 @@ class Runner:
         params = {**spec.defaults, **{k: v for k, v in a.items() if k not in ("name", "models")},
                   **self.budget.analysis}
         ctx = analyses.Context(problem=problem, x=x, y=y, model=model, params=params, scale=self.budget.scale,
-                               seed=self.exp.seed)
+                               seed=self.exp.seed, store=self.store)
         return spec.run(ctx)
 
     # -- training ------------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class Runner:
     def train(self, cell: Cell, entry: ModelEntry, problem: Problem) -> tuple[torch.nn.Module, dict]:
         exp = self.exp
         overrides, extra, prune, config, sched, kw, options, stages = self.plan(cell, entry)
-        spec = {k: v for k, v in dataclasses.asdict(cell.spec).items() if k not in TEST_ONLY}
+        spec = {k: v for k, v in cell.spec.record().items() if k not in TEST_ONLY}
         ident = dict(spec=spec, train_size=cell.train_size, model=entry.model, config=dataclasses.asdict(config),
                      stages=[s.to_dict() for s in stages], options=dataclasses.asdict(options), prune=prune)
         rd = RunDir(self.store / f"{entry.model}-{digest(ident)}")
