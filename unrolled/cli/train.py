@@ -11,6 +11,7 @@ from .. import evaluation as E
 from ..errors import check
 from ..models import MODELS
 from ..training import LOSSES, SCHEDULES
+from . import robust
 from .args import add_test_options, device_arg, finite, parse_sets, positive, positive_int, seed_int
 
 
@@ -43,6 +44,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     check(a.out is not None, "train needs --out RUN (a new run directory)")
     sets = parse_sets(a.set)
     check("K" not in sets, "give the depth with --layers K, not --set K=...")
+    if a.perturb is not None:  # training on perturbed matrices (unrolled/cli/robust.py)
+        return robust.train(a, sets)
     check(a.budget_samples >= a.batch, f"--budget-samples {a.budget_samples:,} is less than one batch "
                                        f"(--batch {a.batch:,}); give a budget of at least one batch")
     training = api.prepare(a.problem, a.model, {**sets, "K": a.layers}, a.schedule, a.budget_samples,
@@ -90,6 +93,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--seed", type=seed_int, default=0)
     pt.add_argument("--init-from", metavar="RUN", help="start from the trained weights of RUN (same model; "
                     "its config may differ, e.g. in support selection: a curriculum)")
+    robust.add_options(pt)
     settings = ("layers", "schedule", "loss", "loss_lam", "budget_samples", "batch", "lr", "patience", "eval_every",
                 "set", "seed", "init_from")  # what --resume may not change
     pt.set_defaults(func=cmd_train, train_defaults={d: pt.get_default(d) for d in settings})

@@ -30,6 +30,7 @@ from ..analytic import analytic_weights, coherence
 from ..errors import check
 from ..models import build
 from ..models.design_space import NEURONS
+from . import robust
 
 
 def pearson(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
@@ -54,6 +55,7 @@ class Context:
     params: dict  # the [analysis] table with the budget's overrides
     scale: float
     seed: int
+    store: Any = None  # the budget's training store (runs/repro/BUDGET/_train): analyses that train keep runs there
 
 
 @dataclass
@@ -182,6 +184,7 @@ ANALYSES = {
                                               alista={}), per_model=False),
     "thresholds": Analysis(thresholds, dict(samples=1000), per_model=True),
     "slista-steps": Analysis(slista_steps, dict(samples=200), per_model=True),
+    "robust": Analysis(robust.robust_sweep, robust.DEFAULTS, per_model=False),  # unrolled/repro/robust.py
 }
 
 
