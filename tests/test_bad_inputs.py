@@ -39,6 +39,18 @@ CASES = [
     ("seed-negative-train", [*TRAIN, "--out", "r", "--seed", "-1"], ["--seed"]),
     ("lr-inf", [*TRAIN, "--out", "r", "--lr", "inf"], ["--lr", "finite"]),
     ("lr-zero", [*TRAIN, "--out", "r", "--lr", "0"], ["--lr", "> 0"]),
+    ("a-key-not-in-file", ["problem", "create", "o.npz", "--a-file", "keyed.mat", "--a-key", "B"],
+     ["no array named 'B'", "Phi"]),
+    ("a-key-without-a-file", ["problem", "create", "o.npz", "--a-key", "Phi"], ["--a-key", "--a-file"]),
+    ("a-key-on-npy", ["problem", "create", "o.npz", "--a-file", "zero.npy", "--a-key", "Phi"], ["inside .npz or .mat"]),
+    ("weights-out-not-an-array-file", ["weights", "p.npz", "--out", "W.txt"], ["--out W.txt", ".mat"]),
+    ("train-y-without-lasso", [*TRAIN, "--out", "r", "--train-y", "y.npy"], ["measurements alone", "--loss lasso"]),
+    ("train-x-wrong-length", [*TRAIN, "--out", "r", "--train-x", "y.npy"], ["neither axis matches n=41"]),
+    ("val-fraction-one", [*TRAIN, "--out", "r", "--train-x", "x.npy", "--val-fraction", "1"], ["val_fraction=1"]),
+    ("pool-and-train-x", [*TRAIN, "--out", "r", "--train-x", "x.npy", "--pool", "100"], ["not both"]),
+    ("predict-out-not-an-array-file", ["predict", "r", "--y", "y.npy", "--out", "x.csv"], ["--out x.csv", ".mat"]),
+    ("predict-not-a-run", ["predict", "adir", "--y", "y.npy", "--out", "x.npy"], ["not a run directory"]),
+    ("plot-not-a-results-csv", ["plot", "notes.csv", "--out", "f.png"], ["not a results CSV", "method"]),
     ("non-utf8-problem-name", ["train", os.fsdecode(b"\xff.npz"), "--model", "alista", "--out", "r"],
      ["does not exist"]),
 ]
@@ -58,6 +70,11 @@ def files(tmp_path_factory):
         arrays = dict(f)
     np.savez(d / "cplxprob.npz", **{**arrays, "A": arrays["A"].astype(complex)})
     (d / "adir").mkdir()
+    rng = np.random.default_rng(1)
+    scipy.io.savemat(d / "keyed.mat", {"Phi": rng.standard_normal((23, 41))})
+    np.save(d / "x.npy", rng.standard_normal((10, 41)))
+    np.save(d / "y.npy", rng.standard_normal((10, 23)))
+    (d / "notes.csv").write_text("a,b\n1,2\n")
     return d
 
 

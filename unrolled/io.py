@@ -92,6 +92,15 @@ def check_writable(path: str | Path, what: str = "output file") -> Path:
     parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
     check(parent.is_dir() and os.access(parent, os.W_OK | os.X_OK), f"{what} {path}: cannot write into {parent}")
     check(not path.exists() or os.access(path, os.W_OK), f"{what} {path} is not writable")
+    try:  # permission bits do not bind root, nor tell a read-only mount or a full disk: write a block
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".unrolled-probe-")
+        try:
+            os.write(fd, bytes(4096))
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{what} {path}: cannot write into {parent} ({e.strerror})") from None
     return path
 
 
@@ -200,6 +209,11 @@ def load_signals(path: str | Path, n: int, what: str = "signal", key: str | None
     The orientation is decided by which axis has length ``n``; a square ``n x n`` file is
     ambiguous and refused.
     """
+    return read_vectors(path, n, what, key)[0]
+
+
+def read_vectors(path: str | Path, n: int, what: str = "signal", key: str | None = None) -> tuple[np.ndarray, bool]:
+    """:func:`load_signals` and whether the file held them as columns (``n x samples``)."""
     path = Path(path)
     X = _read_array(path, SIGNAL_KEYS[what], what, key, option="")
     rows, cols = X.shape
@@ -209,10 +223,10 @@ def load_signals(path: str | Path, n: int, what: str = "signal", key: str | None
     check(bool((X != 0).any()), f"every {what} in {path} is zero" + (": the NMSE is undefined" if what == "signal"
                                                                       else ": nothing to learn from"))
     if cols == n:
-        return X
+        return X, False
     check(rows == n, f"{path} has shape {X.shape}, but neither axis matches "
                      f"{'n' if what == 'signal' else 'm'}={n}")
-    return X.T.copy()
+    return X.T.copy(), True
 
 
 def save_array(path: str | Path, array: np.ndarray, key: str) -> Path:

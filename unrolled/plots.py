@@ -46,3 +46,37 @@ def plot_layers(rows: list[dict], path: str | Path, title: str = "", metric: str
     suffix = Path(path).suffix.lstrip(".") or "png"
     atomic_write(path, lambda f: fig.savefig(f, format=suffix))
     plt.close(fig)
+
+
+def plot_training(rows: list[dict], path: str | Path, title: str = "", ylabel: str = "validation NMSE (dB)") -> None:
+    """Training curves from ``metrics.jsonl`` rows: the validation value and the mean training
+    loss against training samples, one colour per stage (stage boundaries dotted)."""
+    plt = pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), dpi=120, sharex=True)
+    stages = list(dict.fromkeys(r["stage"] for r in rows))
+    for i, stage in enumerate(stages):
+        pts = [r for r in rows if r["stage"] == stage]
+        label = stage if len(stages) <= 8 else None
+        samples, colour = [r["samples"] for r in pts], f"C{i % 10}"
+        top.plot(samples, [r["val"] for r in pts], marker="o", ms=2, label=label, color=colour)
+        bottom.plot(samples, [r["train_loss"] for r in pts], lw=1, color=colour)
+        if i:
+            for ax in (top, bottom):
+                ax.axvline(pts[0]["samples"], ls=":", lw=0.8, color="gray")
+    best = min(r["val"] for r in rows)
+    top.axhline(best, ls="--", lw=0.8, color="gray")
+    top.annotate(f"best {best:.2f}", (rows[0]["samples"], best), textcoords="offset points", xytext=(2, 3), fontsize=7)
+    top.set_ylabel(ylabel)
+    top.set_title(title, fontsize=9)
+    bottom.set_ylabel("mean training loss")
+    if all(r["train_loss"] > 0 for r in rows):
+        bottom.set_yscale("log")
+    bottom.set_xlabel("training samples")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    if len(stages) <= 8:
+        top.legend(fontsize=7)
+    fig.tight_layout()
+    suffix = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=suffix))
+    plt.close(fig)

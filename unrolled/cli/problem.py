@@ -8,19 +8,19 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from .. import evaluation as E
 from ..analytic import METHODS
 from ..errors import check, choice
-from ..io import check_writable
+from ..io import check_writable, load_matrix, save_array
 from ..problem import Problem, check_memory
 from .args import Parser, add_problem_options, add_test_options, lam_value, positive_int, spec_from_args
 
 
 def cmd_problem_create(a: argparse.Namespace) -> None:
     check_writable(a.out, "problem file")
-    problem = Problem(spec_from_args(a))
+    check(a.a_key is None or a.a_file, "--a-key names the matrix inside --a-file; give --a-file too")
+    spec = spec_from_args(a)
+    problem = Problem(spec, load_matrix(a.a_file, a.a_key) if a.a_file else None)
     path = problem.save(a.out)
     s = problem.spec
     print(f"wrote {path}: A {s.m}x{s.n} ({s.matrix}), p={s.p:.4g} (s={s.sparsity:.1f}), snr={s.snr} dB, "
@@ -33,6 +33,7 @@ def cmd_weights(a: argparse.Namespace) -> None:
     problem = Problem.load(a.problem)
     if a.out:
         check_writable(a.out)
+        check(Path(a.out).suffix.lower() in (".npy", ".npz", ".mat"), f"--out {a.out} must end in .npy, .npz or .mat")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = analytic_weights(problem.A, a.method)
@@ -45,10 +46,8 @@ def cmd_weights(a: argparse.Namespace) -> None:
     print(f"rank          {res.rank} of m={problem.m}")
     print(f"time          {res.seconds:.3f} s")
     if a.out:
-        from ..io import atomic_write
-
-        atomic_write(a.out, lambda f: np.save(f, res.W.numpy()))
-        print(f"wrote {a.out}")
+        path = save_array(a.out, res.W.numpy(), "W")
+        print(f"wrote {path}" + (" (variable W)" if path.suffix.lower() in (".mat", ".npz") else ""))
 
 
 def cmd_solve(a: argparse.Namespace) -> None:
@@ -110,12 +109,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pc = psub.add_parser("create", help="generate a seeded problem and save it to one .npz file")
     pc.add_argument("out", help="output file (.npz)")
     add_problem_options(pc)
+    pc.add_argument("--a-key", metavar="NAME", default=None,
+                    help="the matrix's variable name inside an --a-file .mat/.npz (default D or A, or its only array)")
     pc.set_defaults(func=cmd_problem_create)
 
     pw = sub.add_parser("weights", help="analytic W of ALISTA: objective, coherence, time")
     pw.add_argument("problem")
     pw.add_argument("--method", choices=METHODS, default="closed-form")
-    pw.add_argument("--out", help="write W (m x n) to this .npy file")
+    pw.add_argument("--out", help="write W (m x n): .npy, .npz or .mat (scipy.io.savemat, variable W)")
     pw.set_defaults(func=cmd_weights)
 
     ps = sub.add_parser("solve", help="classical solvers: per-iteration NMSE table and CSV")

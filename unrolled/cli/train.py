@@ -9,10 +9,12 @@ import torch
 from .. import api
 from .. import evaluation as E
 from ..errors import check
+from ..io import check_writable
 from ..models import MODELS
 from ..training import LOSSES, SCHEDULES
 from . import robust
 from .args import add_test_options, device_arg, finite, parse_sets, positive, positive_int, seed_int
+from .data import add_data_options, data_spec, eval_tags
 
 
 def fit(training: api.Training, budget: int | None = None) -> api.Run:
@@ -24,6 +26,8 @@ def fit(training: api.Training, budget: int | None = None) -> api.Run:
     elif budget is not None:
         print(f"training {cfg['model']} (K={training.model.K}) with the {cfg['schedule']} schedule: "
               f"{len(t.stages)} stage(s), budget {budget:,} samples, device {t.device}")
+    if t is not None and t.data is not None:
+        print(t.data.description)
     run = training.run()
     print(f"done: {run.result['samples']:,} samples in {run.result['seconds']:.0f} s; "
           f"weights in {run.dir.weights_file}")
@@ -51,7 +55,7 @@ def cmd_train(a: argparse.Namespace) -> None:
     training = api.prepare(a.problem, a.model, {**sets, "K": a.layers}, a.schedule, a.budget_samples,
                            a.out, a.device or torch.device("cpu"), lr=a.lr, patience=a.patience,
                            init_from=a.init_from, batch=a.batch, loss=a.loss, loss_lam=a.loss_lam,
-                           eval_every=a.eval_every, seed=a.seed)
+                           eval_every=a.eval_every, seed=a.seed, data=data_spec(a))
     fit(training, a.budget_samples)
 
 
@@ -61,13 +65,13 @@ def cmd_eval(a: argparse.Namespace) -> None:
         check(not a.test_x and a.snr is None and a.test_size is None,
               "--split validation evaluates the run's own validation set; drop --test-x, --snr and --test-size")
     run = api.load(a.run, a.device, overrides)
+    out = check_writable(a.out, "--out") if a.out else run.dir.eval_csv(a.split, {**overrides, **eval_tags(a)})
     rows = api.evaluate(run, split=a.split, test_x=a.test_x, test_size=a.test_size, snr=a.snr)
     which = "validation set" if a.split == "validation" else "test set"
     changed = f"; config changed: {rows[0]['overrides']}" if rows[0]["overrides"] else ""
     print(f"{run.dir}: {rows[0]['samples']:,} training samples, {rows[0]['seconds']} s; "
           f"{which} {rows[0]['test_size']}{changed}")
     print(E.format_table(rows))
-    out = run.dir.eval_csv(a.split, overrides)
     E.to_csv(rows, out)
     print(f"wrote {out}")
 
@@ -95,7 +99,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "its config may differ, e.g. in support selection: a curriculum)")
     robust.add_options(pt)
     settings = ("layers", "schedule", "loss", "loss_lam", "budget_samples", "batch", "lr", "patience", "eval_every",
-                "set", "seed", "init_from")  # what --resume may not change
+                "set", "seed", "init_from", *add_data_options(pt))  # what --resume may not change
     pt.set_defaults(func=cmd_train, train_defaults={d: pt.get_default(d) for d in settings})
 
     pe = sub.add_parser("eval", help="per-layer NMSE of a run next to ISTA/FISTA and the oracle; writes RUN/eval.csv")
@@ -107,4 +111,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="evaluate with a model-config field changed (e.g. ss.ramp=0.5); "
                          "writes RUN/eval-SPLIT-KEY=VALUE.csv")
     pe.add_argument("--device", type=device_arg, default=torch.device("cpu"))
+    pe.add_argument("--out", metavar="CSV", help="results file (default RUN/eval.csv; with --test-x or --snr a "
+                    "name that says so, e.g. RUN/eval-test-test-x=X.csv, so that eval.csv is not overwritten)")
     pe.set_defaults(func=cmd_eval)

@@ -74,6 +74,9 @@ def column_scale(problem: Problem) -> Tensor | None:
 
 def to_problem_units(problem: Problem, x_user: Tensor) -> Tensor:
     """Signals in the user's units -> the problem's: ``x = x_user * scale`` (``A x = A_user x_user``)."""
+    from_user = getattr(problem, "from_user", None)
+    if from_user is not None:
+        return from_user(x_user)
     scale = column_scale(problem)
     return x_user if scale is None else x_user * scale.to(x_user.dtype)
 
