@@ -21,3 +21,16 @@ def choice(value: str, valid: Iterable[str], what: str) -> str:
     if value not in valid:
         raise UsageError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
     return value
+
+
+def require(module: str, extra: str, feature: str | None = None):
+    """Import and return ``module`` (an optional dependency), or fail in one line naming the extra that has it:
+    ``require("optuna", extra="search")``."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        what = feature or module.split(".")[0]
+        raise UsageError(f"{what} needs the optional package {module.split('.')[0]}: "
+                         f"pip install 'unrolled[{extra}]'") from None
