@@ -83,7 +83,7 @@ def evaluate_model(model, x: Tensor, y: Tensor, method: str | None = None, chunk
     return evaluate_layers(lambda yc: model(yc.to(dev, dt), all_layers=True), x, y, method or model.name, chunk, **meta)
 
 
-FIXED_NETWORKS = ("amp",)  # untrained baselines that are registry models rather than Lasso solvers
+FIXED_NETWORKS = ("amp", "vamp")  # untrained baselines that are registry models rather than Lasso solvers
 
 
 def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, iters: int,
@@ -115,8 +115,20 @@ def baseline_rows(problem, x: Tensor, y: Tensor, iters: int, names: Iterable[str
         rows = classical_rows(problem.A, x, y, xv[:tune_size], yv[:tune_size], iters, lasso, lam)
     for name in names:
         if name in FIXED_NETWORKS and not MODELS[name].skip(problem)[0]:
-            rows += evaluate_model(build(name, problem, dict(K=iters), torch.float64), x, y)
+            model = build(name, problem, dict(K=iters), torch.float64)
+            note = divergence_note(model, y)
+            rows += [{**r, "diverged": note} if note else r for r in evaluate_model(model, x, y)]
     return rows
+
+
+def divergence_note(model, y: Tensor, chunk: int = 2000) -> str:
+    """``"at iteration k (N of M signals)"`` where a model with ``diverged_at`` (AMP, VAMP) diverged on
+    some of ``y`` (``k``: the median first iteration of those), ``""`` where it did not or cannot tell."""
+    if not hasattr(model, "diverged_at"):
+        return ""
+    at = torch.cat([model.diverged_at(yc.to(model.A.dtype)) for yc in y.split(chunk)])
+    bad = at[at > 0]
+    return f"at iteration {int(bad.median())} ({len(bad)} of {len(at)} signals)" if len(bad) else ""
 
 
 SPLITS = ("test", "validation")
@@ -200,6 +212,10 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     for k in range(depth + 1):
         cells = [table.get((m, k)) for m in methods]
         lines.append(f"{k:>5}" + "".join(f"{'':>{width}}" if c is None else f"{c:>{width}.2f}" for c in cells))
+    for m in methods:
+        note = next((r["diverged"] for r in rows if r["method"] == m and r.get("diverged")), "")
+        if note:
+            lines.append(f"{m}: diverged {note}")
     undefined = [r.get("reason", "n/a") for r in rows if r["layer"] == "" and r[metric] is None]
     if undefined:
         lines.append(f"floor: {undefined[0]}")

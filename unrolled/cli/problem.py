@@ -59,9 +59,9 @@ def cmd_solve(a: argparse.Namespace) -> None:
     algos = [s.strip() for s in a.algo.split(",")]
     for algo in algos:
         choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS], "algorithm")
-    if "amp" in algos:
-        declined, reason = MODELS["amp"].skip(problem)
-        check(not declined, f"amp cannot serve this problem: {reason}; drop amp from --algo")
+    for algo in (a for a in algos if a in E.FIXED_NETWORKS):
+        declined, reason = MODELS[algo].skip(problem)
+        check(not declined, f"{algo} cannot serve this problem: {reason}; drop {algo} from --algo")
     x, y = E.evaluation_set(problem, "test", a.test_x, a.test_size, a.snr)
     # every iteration's estimate is kept for the per-iteration table (float64, with the solver's own copy)
     check_memory(16 * (a.iters + 1) * len(x) * problem.n, f"--iters {a.iters:,} on {len(x):,} test signals",
@@ -121,7 +121,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     ps = sub.add_parser("solve", help="classical solvers: per-iteration NMSE table and CSV")
     ps.add_argument("problem")
-    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt, amp (comma-separated)")
+    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt, amp, vamp (comma-separated)")
     ps.add_argument("--iters", type=positive_int, default=16)
     ps.add_argument("--lam", type=lam_value, default="auto", help="'auto' (tuned on validation) or a value")
     ps.add_argument("--tune-size", type=positive_int, default=1000, help="validation signals used to tune lambda")
