@@ -80,12 +80,14 @@ class Trainer:
         self.optim: torch.optim.Optimizer | None = None
         self.last_good: tuple[dict, dict] | None = None
         self.seconds = 0.0
+        self._bar = None  # the terminal's progress bar of the current stage (tqdm)
 
     @staticmethod
     def _default_log(message: str) -> None:
-        if sys.stderr.isatty():
-            print("\r\033[K", end="", file=sys.stderr)  # clear the progress bar first
-        print(message, file=sys.stderr, flush=True)
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)  # above an open progress bar, which is redrawn below it
+        sys.stderr.flush()
 
     # -- losses and validation ----------------------------------------------------------------
 
@@ -266,22 +268,33 @@ class Trainer:
         return val <= best + GOOD_MARGIN_DB
 
     def _progress(self, stage: Stage, val: float) -> None:
-        """A progress bar with the current validation value: in place on a terminal, a line
-        per validation in a log file; a caller's own ``log`` gets the stage summaries only."""
+        """A tqdm bar per stage with the current validation value on a terminal (cleared when the
+        stage ends), a line per validation in a log file; a caller's own ``log`` gets the stage
+        summaries only."""
         c = self.c
-        done = c["step"] / stage.max_steps
-        bar = "#" * round(20 * done) + "." * (20 - round(20 * done))
         unit = "" if self.opt.loss == "lasso" else " dB"
-        line = (f"stage {c['stage'] + 1}/{len(self.stages)} [{bar}] step {c['step']}/{stage.max_steps} "
-                f"val {val:.2f}{unit} best {c['best']:.2f}{unit} ({c['samples']:,} samples, {self.seconds:.0f} s)")
+        status = f"val {val:.2f}{unit} best {c['best']:.2f}{unit} ({c['samples']:,} samples, {self.seconds:.0f} s)"
+        name = f"stage {c['stage'] + 1}/{len(self.stages)}"
         if self.log is not self._default_log:
             return
-        if sys.stderr.isatty():
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        if not sys.stderr.isatty():
+            print(f"{name} step {c['step']}/{stage.max_steps} {status}", file=sys.stderr, flush=True)
+            return
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=stage.max_steps, desc=name, unit="step", file=sys.stderr, leave=False,
+                             dynamic_ncols=True)
+        self._bar.n = c["step"]
+        self._bar.set_postfix_str(status)  # refreshes
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def _finish_stage(self, stage: Stage) -> None:
+        self._close_bar()
         self._restore(self.best)
         c = self.c
         unit = "dB" if self.opt.loss != "lasso" else "(Lasso objective)"
