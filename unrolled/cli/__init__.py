@@ -14,10 +14,10 @@ import sys
 from .. import ops
 from ..cpu import keep_freed_memory
 from ..errors import UsageError
-from . import data, demo, problem, repro, train
+from . import data, demo, images, problem, repro, train
 from .args import Parser
 
-COMMANDS = (problem, train, data, demo, repro)
+COMMANDS = (problem, train, data, demo, repro, images)
 
 
 def build_parser() -> Parser:
