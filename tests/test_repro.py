@@ -54,6 +54,9 @@ rows = [[40, -60.0, -70.0]]
 """
 
 
+ROWS = "rows = [[40, -60.0, -70.0]]"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return tmp_path_factory.mktemp("repro")
@@ -268,6 +271,17 @@ def test_list_shows_every_experiment(capsys):
      ["model_schedule: unknown model label 'lista'", "valid: alista"]),
     ("[budget.smoke]\n", "[budget.smoke]\nmodel_schedule = { alista = { lrr = 1.0 } }\n",
      ["unknown key(s) lrr in [budget.smoke] of", "model_schedule.alista", "valid: name"]),
+    *[(ROWS, ROWS + "\n[[claims]]\n" + claim, words) for claim, words in [
+        ('text = "t"\na = { method = "alsta" }\nop = "<"\nb = { method = "ista" }',
+         ["[[claims]] 1", "method 'alsta' is not in the experiment", "valid: alista, ista, fista, oracle-ls"]),
+        ('text = "t"\na = { method = "alista", snrr = 40 }\nop = "<"\nb = -20.0',
+         ["'snrr' is not a grid key", "valid: method, seed"]),
+        ('text = "t"\na = { method = "alista" }\nop = "<"\nb = -20.0\nper = ["n"]', ["'n' is not a grid key"]),
+        ('text = "t"\na = { method = "alista" }\nop = "<="\nb = -20.0', ["op='<='", "one of <, >, within"]),
+        ('text = "t"\na = { method = "alista" }\nop = "<"', ["needs 'b'"]),
+        ('text = "t"\na = { method = "alista" }\nop = "within"\nb = -20.0\ntol = -1', ["tol=-1", "> 0"]),
+        ('text = "t"\na = { method = "alista" }\nop = "<"\nb = -20.0\ncolumn = "nmse"', ["column must be"]),
+    ]],
 ])
 def test_bad_configs_fail_with_the_valid_keys(tmp_path, old, new, words):
     assert old in TINY
@@ -362,6 +376,41 @@ def test_a_repro_killed_inside_a_checkpoint_reruns_to_the_same_table(tmp_path):
 @pytest.mark.slow
 def test_a_repro_killed_at_every_write_reruns_to_the_same_table(tmp_path):
     _kill_and_rerun(tmp_path, lambda points: range(1, len(points) + 1))
+
+
+@pytest.mark.slow
+def test_random_kills_never_leave_an_unfinishable_repro(tmp_path, capsys):
+    """200 random kills of a smoke repro and of its reruns (each rerun is killed again with
+    probability 0.8 at a random write), every experiment then finishing with the clean table."""
+    import random
+
+    from unrolled import io
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    points: list[str] = []
+    io._fault_hook = points.append
+    try:
+        clean, _ = run_experiment(str(toml), "smoke", tmp_path / "clean" / "smoke" / "tiny", log=lambda s: None)
+    finally:
+        io._fault_hook = None
+    keep = ("method", "layer", "nmse_db", "status")
+    expect = [{k: r[k] for k in keep} for r in read_table(clean / "results.csv")]
+    rng = random.Random(0)
+    kills = runs = 0
+    while kills < 200:
+        runs += 1
+        out = tmp_path / f"r{runs}" / "smoke" / "tiny"
+        while not (out / "results.csv").exists():
+            if rng.random() < 0.8:
+                rc = _repro_killed_at(rng.randint(1, len(points)), toml, out)
+                assert rc in (0, 75)
+                kills += rc == 75
+            else:
+                run_experiment(str(toml), "smoke", out, log=lambda s: None)
+        assert [{k: r[k] for k in keep} for r in read_table(out / "results.csv")] == expect
+    with capsys.disabled():
+        print(f"\n{kills} kills over {runs} smoke repros, every one rerun to the clean table")
 
 
 def test_an_error_that_is_not_a_divergence_is_not_cached_as_a_failed_cell(tmp_path, monkeypatch):

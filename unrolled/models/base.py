@@ -19,6 +19,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -202,24 +203,38 @@ class UnrolledNet(nn.Module):
         from memory several times per layer (docs/performance.md). Each sample's result is the same up to rounding: BLAS
         may order a product's sums differently for another number of rows.
         """
+        if all_layers:
+            return list(self.iterates(y, depth))
+        y, depth = self._checked(y, depth)
+        rows = block_rows(self.n, y)
+        if rows >= y.shape[0]:
+            return self._unroll(y, depth)
+        return torch.cat([self._unroll(b, depth) for b in y.split(rows)])
+
+    def iterates(self, y: Tensor, depth: int | None = None) -> Iterator[Tensor]:
+        """``x_0, ..., x_depth`` one at a time, the numbers of ``forward(y, all_layers=True)``: per-layer
+        metrics of a deep unrolling (``solve --iters 5000``) hold one iterate, never all of them."""
+        y, depth = self._checked(y, depth)
+        blocks = y.split(block_rows(self.n, y))
+        ctxs: list[dict] = [{} for _ in blocks]
+        xs = [self.begin(b, ctx) for b, ctx in zip(blocks, ctxs)]
+        yield xs[0] if len(xs) == 1 else torch.cat(xs)
+        for t in range(1, depth + 1):
+            xs = [self.step(t, x, b, ctx) for x, b, ctx in zip(xs, blocks, ctxs)]
+            yield xs[0] if len(xs) == 1 else torch.cat(xs)
+
+    def _checked(self, y: Tensor, depth: int | None) -> tuple[Tensor, int]:
         check(y.dim() == 2 and y.shape[1] == self.m, f"y must have shape (batch, {self.m}), got {tuple(y.shape)}")
         depth = self.K if depth is None else depth
         check(1 <= depth <= self.K, f"depth={depth} must be in 1..{self.K}")
-        rows = block_rows(self.n, y)
-        if rows >= y.shape[0]:
-            return self._unroll(y, all_layers, depth)
-        blocks = [self._unroll(b, all_layers, depth) for b in y.split(rows)]
-        return [torch.cat(layer) for layer in zip(*blocks)] if all_layers else torch.cat(blocks)
+        return y, depth
 
-    def _unroll(self, y: Tensor, all_layers: bool, depth: int) -> Tensor | list[Tensor]:
+    def _unroll(self, y: Tensor, depth: int) -> Tensor:
         ctx: dict = {}
         x = self.begin(y, ctx)
-        outs = [x]
         for t in range(1, depth + 1):
             x = self.step(t, x, y, ctx)
-            if all_layers:
-                outs.append(x)
-        return outs if all_layers else x
+        return x
 
     def shrink(self, t: int, z: Tensor, theta: Tensor | float) -> Tensor:
         """Soft threshold with this model's support selection at layer ``t``."""

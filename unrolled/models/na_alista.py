@@ -26,6 +26,12 @@ PyTorch's default range the first steps ``gamma`` reach ±1, which diverges for 
 (as ALISTA does with ``gamma = 1``). All of them are shared across layers (trained with layer 1):
 ``self.layers`` is empty. :meth:`NA_ALISTA.thresholds` is the only learned part of the
 step; overriding it with constants gives ALISTA.
+
+Bounded steps (``bound=True``, the default; issue 15): the predicted ``gamma`` is clamped to
+``1.9 / rho(W^T A)``, inside the stable range ``gamma rho < 2`` (docs/spec.md §6.5); the
+reference head's softplus is otherwise unbounded, and a few atypical test vectors got steps
+that blew their estimates up (+98.6 dB aggregate at n = 2000). ``bound=False`` is the
+reference code's head as it was, for reproduction.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ from .. import ops
 from ..analytic import METHODS
 from ..errors import check, choice
 from ..ops import Selection
-from .alista import AnalyticNet
+from ..problem import check_memory
+from .alista import STEP_MARGIN, AnalyticNet
 from .base import Config, Product, register, selection
 
 INPUTS = ("both", "r", "u")
@@ -58,6 +65,7 @@ class NaAlistaConfig(Config):
     head: str = "paper"  # paper (softsign(U c)) | reference (MLP + softplus)
     init_seed: int = 0
     head_scale: float = 0.1  # the head's output weights start at this fraction of PyTorch's default range
+    bound: bool = True  # predicted steps clamped to STEP_MARGIN / rho(W^T A); False: unbounded (reference code)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,6 +85,8 @@ class NA_ALISTA(AnalyticNet):
     def __init__(self, problem, config: NaAlistaConfig) -> None:
         super().__init__(problem, config)
         H, n_in = config.H, 2 if config.inputs == "both" else 1
+        # the LSTM and the head hold about 5 H^2 float64 numbers; training keeps 4 copies (value, gradient, Adam's two)
+        check_memory(4 * 8 * (4 * H * (H + n_in + 2) + H * (H + 3)), f"H={H:,}", "the LSTM's weights")
         f64 = torch.float64
         with torch.random.fork_rng(devices=[]):  # the default init would consume the global RNG
             self.cell = nn.LSTMCell(n_in, H, dtype=f64)
@@ -97,6 +107,11 @@ class NA_ALISTA(AnalyticNet):
                 for p in mod.parameters():
                     p.uniform_(-bound, bound, generator=g)
         self.register_buffer("feature_scale", self.calibrate(problem))
+        self.step_max = STEP_MARGIN / self.rho if config.bound else None
+
+    def bounded(self, gamma: Tensor) -> Tensor:
+        """A predicted step inside the stable range (``bound``): one atypical input cannot blow an estimate up."""
+        return gamma if self.step_max is None else gamma.clamp(max=self.step_max)
 
     @torch.no_grad()
     def calibrate(self, problem) -> Tensor:
@@ -119,9 +134,10 @@ class NA_ALISTA(AnalyticNet):
         h, c = ops.lstm_cell(features, *ctx["state"], ctx["lstm"])
         ctx["state"] = (h, c)
         if self.config.head == "paper":
-            return ops.softsign_head(c, self.head.weight)
+            gamma, theta = ops.softsign_head(c, self.head.weight)
+            return self.bounded(gamma), theta
         out = self.head(c)
-        return out[:, 1:], out[:, :1]
+        return self.bounded(out[:, 1:]), out[:, :1]
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         d, features = ops.residual_features(x, y, self.A, self.W, self.config.inputs, self.feature_scale)
@@ -146,6 +162,7 @@ class NA_ALISTA(AnalyticNet):
             h, c = self.cell(features / self.feature_scale, (h, c))
             out = self.head(c)
             gamma, theta = (nn.functional.softsign(out) if self.config.head == "paper" else out).split(1, dim=1)[::-1]
+            gamma = self.bounded(gamma)
             x = ops.reference.pgd_step(x, y, self.A, self.W, gamma, theta, self.cuts[t - 1])
             outs.append(x)
         return outs

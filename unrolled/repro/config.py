@@ -248,7 +248,8 @@ def load(name: str, configs: Path | None = None) -> Experiment:
         analysis=analysis,
         architectures=known(raw.get("architectures", {}), ["neurons"], f"[architectures] of {where}"),
         budgets=budgets, paper=[_paper(p, f"[[paper]] of {where}") for p in raw.get("paper", [])],
-        claims=[known(c, CLAIM_KEYS, f"[[claims]] of {where}") for c in raw.get("claims", [])],
+        claims=[_claim(c, f"[[claims]] {i + 1} of {where}", grids, [*labels, *baselines, *ORACLES], analysis is None)
+                for i, c in enumerate(raw.get("claims", []))],
         plots=[known(p, PLOT_KEYS, f"[plot] of {where}") for p in as_list(raw.get("plot", []))])
 
 
@@ -312,6 +313,38 @@ def _budget(name: str, b: Any, grids: list[dict], labels: list[str], schedule: d
     return Budget(name=name, about=b["about"], scale=scale, K=K, problem=dict(b.get("problem", {})),
                   schedule=dict(b.get("schedule", {})), grid=flt, models=models,
                   model_schedule={k: dict(v) for k, v in model_schedule.items()}, analysis=dict(b.get("analysis", {})))
+
+
+ORACLES = ("oracle-ls", "oracle-mmse")  # the oracle floor's method names (evaluation.oracle_rows)
+CLAIM_OPS, CLAIM_HOWS = ("<", ">", "within"), ("median", "mean", "all")
+ROW_COLUMNS = ("nmse_db", "nmse_db_sample", "fp", "fn", "f1")
+
+
+def _claim(c: Any, where: str, grids: list[dict], methods: list[str], strict: bool = True) -> dict:
+    """A claim checked before any training: its groups name grid keys and methods that exist, so a
+    typo fails now instead of reading "not evaluated" after hours of training. An experiment with an
+    ``[analysis]`` has its own row columns (``quantity``, ``value``, ...): only the form is checked."""
+    known(c, CLAIM_KEYS, where)
+    for k in ("text", "a", "op", "b"):
+        check(k in c, f"{where} needs {k!r} (claims compare group a with group b or a number)")
+    check(c["op"] in CLAIM_OPS, f"{where}: op={c['op']!r} must be one of {', '.join(CLAIM_OPS)}")
+    check(c.get("how", "median") in CLAIM_HOWS, f"{where}: how must be one of {', '.join(CLAIM_HOWS)}")
+    check(not strict or c.get("column", "nmse_db") in ROW_COLUMNS,
+          f"{where}: column must be one of {', '.join(ROW_COLUMNS)}")
+    tol = c.get("tol", 1.0)
+    check(isinstance(tol, int | float) and math.isfinite(tol) and tol > 0, f"{where}: tol={tol!r} must be a number > 0")
+    b = c["b"]
+    check(isinstance(c["a"], dict) and (isinstance(b, dict) or isinstance(b, int | float) and math.isfinite(b)),
+          f"{where}: a must be a table like {{ method = \"alista\" }}, b a table or a finite number")
+    keys = {k for g in grids for k in g if k != "model"} | {k for g in grids for k in g.get("model", {})}
+    per = as_list(c.get("per", []))
+    for group in (c["a"], b if isinstance(b, dict) else {}, dict.fromkeys(per)):
+        for k in group:
+            check(not strict or k == "method" or k in keys,
+                  f"{where}: {k!r} is not a grid key; valid: method, {', '.join(sorted(keys))}")
+        for m in as_list(group.get("method") or []):
+            check(m in methods, f"{where}: method {m!r} is not in the experiment; valid: {', '.join(methods)}")
+    return c
 
 
 def _paper(p: Any, where: str) -> dict:

@@ -150,8 +150,12 @@ class RunDir:
         if key in _held:
             return
         check(not self.path.exists() or self.path.is_dir(), f"{self.path} exists and is not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = open_nofollow(self.lock_file, os.O_RDWR | os.O_CREAT)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = open_nofollow(self.lock_file, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise UsageError(f"run directory {self.path}: cannot write there ({e.strerror}); "
+                             f"give --out a writable place") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
