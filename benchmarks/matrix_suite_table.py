@@ -1,0 +1,77 @@
+"""The matrix suite's table and goal row (issue 20) from a results.csv of ``unrolled repro matrix-suite``.
+
+Per matrix and SNR: the final-layer NMSE (K = 16) of every method, "div k" where a fixed network diverged (its
+median first iteration), "—" where a method did not run (declined, or no training finished); then the best
+learned network, its gap to VAMP and to the oracle floor, and whether the goal holds: best learned <= VAMP and
+within 1 dB of the oracle at 40 dB. Never a number that is not in the table.
+
+    .venv/bin/python benchmarks/matrix_suite_table.py runs/repro/quick/matrix-suite/results.csv [--budget quick]
+
+Prints markdown (the table, then the cells where the goal is not met, with their gaps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from unrolled.repro import load
+from unrolled.repro.report import read_table
+
+BASELINES = ("ista", "fista", "amp", "vamp")
+LEARNED = ("alista", "na-alista", "lista-cpss", "lamp", "lvamp")
+
+
+def value(rows: list[dict], cell: str, method: str, K: int) -> tuple[float | None, str]:
+    hit = [r for r in rows if r.get("cell") == cell and r["method"] == method and str(r["layer"]) in (str(K), "")]
+    if not hit or hit[0].get("nmse_db") in (None, ""):
+        return None, ""
+    div = re.match(r"at iteration (\d+)", hit[0].get("diverged") or "")
+    return float(hit[0]["nmse_db"]), f" (div {div.group(1)})" if div else ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results")
+    ap.add_argument("--budget", default="quick")
+    a = ap.parse_args()
+    exp = load("matrix-suite")
+    b = exp.budget(a.budget)
+    rows = read_table(a.results)
+    methods = [*BASELINES, *LEARNED]
+    head = ["matrix", "SNR", *methods, "oracle", "best learned", "- VAMP", "- oracle", "goal"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    unmet = []
+    for c in exp.cells(b):
+        row, snr = c.tags.get("row", c.key), c.params["snr"]
+        vals = {}
+        cells = []
+        for m in methods:
+            where = f"{c.problem_key}|classical" if m in BASELINES else f"{c.key}|{m}"
+            v, flag = value(rows, where, m, b.K)
+            vals[m] = v
+            cells.append("—" if v is None else f"{v:.2f}{flag}")
+        oracle, _ = value(rows, f"{c.problem_key}|classical", "oracle-mmse", b.K)
+        learned = {m: vals[m] for m in LEARNED if vals[m] is not None}
+        best = min(learned, key=learned.get) if learned else None
+        vamp = vals["vamp"]
+        if best is None or vamp is None or oracle is None:
+            gv = go = goal = "—"
+        else:
+            dv, do = learned[best] - vamp, learned[best] - oracle
+            gv, go = f"{dv:+.2f}", f"{do:+.2f}"
+            ok = dv <= 0 and (float(snr) != 40 or do <= 1.0)
+            goal = "yes" if ok else "**no**"
+            if not ok:
+                tail = f", oracle {oracle:.2f} (gap {do:+.2f} dB)" if float(snr) == 40 else ""
+                unmet.append(f"- {row}, {snr} dB: best learned {best} {learned[best]:.2f} dB; VAMP {vamp:.2f} "
+                             f"(gap {dv:+.2f} dB){tail}")
+        lines.append(f"| {row} | {snr} | " + " | ".join(cells) + f" | {'—' if oracle is None else f'{oracle:.2f}'} | "
+                     f"{best or '—'} {'' if best is None else f'{learned[best]:.2f}'} | {gv} | {go} | {goal} |")
+    print("\n".join(lines))
+    print("\nCells where the goal (best learned <= VAMP, and within 1 dB of the oracle at 40 dB) is not met:\n")
+    print("\n".join(unmet) if unmet else "- none among the cells with a result")
+
+
+if __name__ == "__main__":
+    main()
