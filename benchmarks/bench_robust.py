@@ -9,7 +9,8 @@ For ``Abs`` perturbed 250 x 500 matrices ``colnorm(A + sigma G)`` (sigma = 0.01,
 
 Per method: seconds per matrix (best of ``--repeats``), the matrix-product FLOPs per matrix and the
 achieved GFLOP/s, and the quality of the W produced: the rel2 loss F(W; Ã) (closed form: its optimum on
-the constraint set) and rho(W^T Ã) of the first matrix (the decoder's stability, docs/spec.md §6.5).
+the constraint set) and rho(W^T Ã) of the first matrix (the decoder's stability, docs/spec.md §6.5); then the
+same quality at each of ``--quality-sigmas`` (mean over ``--quality-matrices`` test matrices).
 FLOPs: encoder ``eT * 2 * 2 m n^2`` (``Ã^T W`` and ``B dF`` per layer); SVD closed form, an estimate
 ``4 m^2 n + 8 m^3`` (thin SVD with U and V, Golub & Van Loan) ``+ 2 m^2 n`` (A^+) ``+ 2 m n`` (the scaling);
 Cholesky closed form ``2 m^2 n`` (``A A^T``) ``+ m^3 / 3 + 2 m^2 n`` (two triangular solves).
@@ -75,6 +76,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (encoder and Cholesky closed form)")
     ap.add_argument("--weights", default=None, help="a pre-training run (or weights file) for the encoder")
+    ap.add_argument("--quality-sigmas", default="0,0.01,0.02,0.03",
+                    help="sigmas at which the W's quality (F, rho) is compared on --quality-matrices matrices")
+    ap.add_argument("--quality-matrices", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS / "robust.json"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -115,9 +119,21 @@ def main() -> None:
             r = rows[-1]
             print(f"Abs={batch:<4} {label:<42} {seconds * 1e3:8.2f} ms/matrix  {r['gflops']:6.1f} GFLOP/s  "
                   f"F={loss:8.2f}  rho={r['rho']:.3f}", flush=True)
+    quality = []
+    for sigma in (float(v) for v in a.quality_sigmas.split(",") if v):
+        A = perturbed.fixed_set(problem, "test", sigma, a.quality_matrices, 1).A
+        with torch.no_grad():
+            for label, W in (("closed form", perturbed.closed_form_batch(A)),
+                             ("AtoW encoder", copy.deepcopy(enc).double()(A))):
+                quality.append(dict(sigma=sigma, method=label, rel2_loss=float(rel2_loss(W, A).mean()),
+                                    rho=sum(rho(w, x) for w, x in zip(W, A)) / len(A),
+                                    diag_err=float(((W * A).sum(-2) - 1).abs().max())))
+                q = quality[-1]
+                print(f"sigma={sigma:<7g} {label:<13} F={q['rel2_loss']:8.2f}  mean rho(W^T Ã)={q['rho']:.3f}  "
+                      f"max |w_i^T ã_i - 1|={q['diag_err']:.2e}", flush=True)
     info = machine(a.threads, dev)
     print(f"\nmachine: {info}")
-    write_text(a.out, json.dumps(dict(machine=info, args=vars(a), rows=rows), indent=2) + "\n")
+    write_text(a.out, json.dumps(dict(machine=info, args=vars(a), rows=rows, quality=quality), indent=2) + "\n")
     print(f"wrote {a.out}")
 
 

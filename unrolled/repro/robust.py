@@ -46,7 +46,8 @@ DEFAULTS = dict(K=16, sigmas=list(perturbed.SIGMAS), test_snrs=[40], matrices=10
                 val_matrices=20, val_signals=50, runs="", alista_samples=300_000, alista_lr=2e-3,
                 tilista_samples=300_000, tilista_lr=1e-3, encoder_sigma=0.01, encoder_steps=200,
                 encoder_matrices=16, encoder_lr=1e-4, psigma_max=0.02, psteps=5, abs=4, xbs=16, joint_steps=150,
-                joint_lr=1e-4, joint_encoder_lr=1e-9, augment_steps=1000, augment_lr=1e-4, eval_every=25)
+                joint_lr=1e-4, joint_encoder_lr=1e-9, augment_steps=1000, augment_tilista_steps=0, augment_lr=1e-4,
+                eval_every=25)  # augment_tilista_steps = 0: augment_steps
 ESTIMATORS = ("naive ALISTA", "ALISTA, Ã + nominal W", "ALISTA, closed-form W(Ã)", "robust ALISTA",
               "closed-form W(Ã), robust's decoder",
               "augmented ALISTA", "augmented TiLISTA", "FISTA on Ã", "oracle on Ã")
@@ -159,7 +160,8 @@ def train_all(problem, p: dict, log=print) -> dict:
         init = [runs / "tilista-nominal"]
     til = build("tilista", problem, {"K": K})
     out["augmented TiLISTA"] = train_perturbed(
-        til, problem, RobustOptions(task="augment", steps=p["augment_steps"], lr=p["augment_lr"], **common),
+        til, problem, RobustOptions(task="augment", steps=p["augment_tilista_steps"] or p["augment_steps"],
+                                    lr=p["augment_lr"], **common),
         runs / "augment-tilista", init=init, log=log).double()
     enc = build("robust-alista", problem, {"K": K})
     train_perturbed(enc, problem, RobustOptions(task="encoder", sigmas=[p["encoder_sigma"]], steps=p["encoder_steps"],
