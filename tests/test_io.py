@@ -8,7 +8,16 @@ import scipy.io
 import torch
 
 from unrolled import UsageError
-from unrolled.io import atomic_write, load_matrix, load_safetensors, load_signals, save_safetensors, write_json
+from unrolled.io import (
+    atomic_write,
+    load_matrix,
+    load_safetensors,
+    load_signals,
+    read_vectors,
+    save_array,
+    save_safetensors,
+    write_json,
+)
 
 
 @pytest.fixture
@@ -123,3 +132,68 @@ def test_safetensors_round_trip_and_checksum(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(UsageError, match="not a valid safetensors"):
         load_safetensors(tmp_path / "junk.safetensors")
+
+
+def test_a_key_names_the_array_in_mat_and_npz(tmp_path, X):
+    scipy.io.savemat(tmp_path / "m.mat", {"Phi": X, "other": np.ones((2, 2))})
+    np.savez(tmp_path / "m.npz", Phi=X, D=2 * X)
+    assert np.array_equal(load_matrix(tmp_path / "m.mat", "Phi"), X)
+    assert np.array_equal(load_matrix(tmp_path / "m.npz", "Phi"), X)  # the key wins over the default D
+    with pytest.raises(UsageError, match=r"no array named 'B' \(keys found: \['Phi', 'other'\]\)"):
+        load_matrix(tmp_path / "m.mat", "B")
+    with pytest.raises(UsageError, match="no matrix named D or A.*--a-key NAME"):
+        load_matrix(tmp_path / "m.mat")
+    scipy.io.savemat(tmp_path / "one.mat", {"Phi": X})
+    assert np.array_equal(load_matrix(tmp_path / "one.mat"), X), "a file's only matrix is read without a key"
+    np.save(tmp_path / "m.npy", X)
+    with pytest.raises(UsageError, match="inside .npz or .mat"):
+        load_matrix(tmp_path / "m.npy", "Phi")
+
+
+def test_sparse_mat_is_read_dense_and_refused_when_too_big(tmp_path, X):
+    import scipy.sparse
+
+    dense = np.where(np.abs(X) > 1, X, 0.0)
+    dense[0] = 1.0  # no zero column
+    scipy.io.savemat(tmp_path / "s.mat", {"A": scipy.sparse.csc_matrix(dense)})
+    A = load_matrix(tmp_path / "s.mat")
+    assert isinstance(A, np.ndarray) and A.dtype == np.float64 and np.array_equal(A, dense)
+    big = scipy.sparse.csc_matrix(([1.0], ([0], [0])), shape=(10**6, 10**6))
+    scipy.io.savemat(tmp_path / "big.mat", {"A": big})
+    with pytest.raises(UsageError, match=r"sparse 1,000,000x1,000,000 matrix; as a dense matrix it needs 7,450\.6 GiB"):
+        load_matrix(tmp_path / "big.mat")
+
+
+def test_mat_v73_is_refused_by_its_header(tmp_path):
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan 1 HDF5 schema 1.00 ."
+    (tmp_path / "a.mat").write_bytes(header.ljust(512, b" ") + b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    (tmp_path / "b.mat").write_bytes(b"\0" * 512 + b"\x89HDF\r\n\x1a\n" + b"\0" * 100)  # no text header
+    for name in ("a.mat", "b.mat"):
+        with pytest.raises(UsageError, match=r"MATLAB v7\.3 \(HDF5\) file, which is not read; save it in MATLAB "
+                                             r"with save\(FILE, NAME, '-v7'\)") as e:
+            load_matrix(tmp_path / name)
+        assert "truncated" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["W.mat", "W.npz", "W.npy", "W"])
+def test_save_array_writes_what_the_name_says(tmp_path, X, name):
+    path = save_array(tmp_path / name, X, "W")
+    if name.endswith(".mat"):
+        assert path.read_bytes()[:10] == b"MATLAB 5.0" and np.array_equal(scipy.io.loadmat(path)["W"], X)
+    elif name.endswith(".npz"):
+        with np.load(path) as f:
+            assert list(f.files) == ["W"] and np.array_equal(f["W"], X)
+    else:
+        assert path.name == "W.npy" and np.array_equal(np.load(path), X)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    with pytest.raises(UsageError, match=r"\.npy, \.npz or \.mat"):
+        save_array(tmp_path / "W.txt", X, "W")
+
+
+def test_measurement_files_either_orientation(tmp_path, X):
+    scipy.io.savemat(tmp_path / "y.mat", {"Y": X.T})
+    Y, columns = read_vectors(tmp_path / "y.mat", 41, "measurement")
+    assert columns and np.array_equal(Y, X)
+    np.save(tmp_path / "z.npy", np.zeros((3, 41)))
+    with pytest.raises(UsageError, match="every measurement in .* is zero"):
+        load_signals(tmp_path / "z.npy", 41, what="measurement")
