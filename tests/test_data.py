@@ -6,8 +6,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
+import shlex
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +366,50 @@ def test_plot_without_matplotlib_and_bad_sources_say_so_in_one_line(trained, tmp
     assert main(["plot", str(trained), "--out", str(tmp_path / "f.png")]) == 2
     assert "pip install 'unrolled[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "f.png").exists()
+
+
+# -- the guide's walk-through ----------------------------------------------------------------------
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide.md"
+WALKTHROUGH = "## 8. Your own matrix and your own data"
+
+
+def walkthrough_blocks() -> list[tuple[str, str]]:
+    """``(language, code)`` of every python and sh block of the guide's section, in order."""
+    text = GUIDE.read_text()
+    start = text.index(WALKTHROUGH)
+    end = text.find("\n## ", start + len(WALKTHROUGH))
+    return re.findall(r"```(python|sh)\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
+
+
+def test_the_guide_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    blocks = walkthrough_blocks()
+    commands = [shlex.split(line, comments=True) for lang, code in blocks if lang == "sh"
+                for line in code.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [c[1] for c in commands] == ["problem", "train", "eval", "predict", "plot", "plot", "train", "eval"]
+    namespace: dict = {}
+    printed = []
+    for lang, code in blocks:
+        if lang == "python":
+            exec(compile(code, f"{GUIDE}:{WALKTHROUGH}", "exec"), namespace)
+            printed.append(capsys.readouterr().out)
+            continue
+        for line in code.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words:
+                assert words[0] == "unrolled"
+                assert main(words[1:]) == 0, f"{line}: {capsys.readouterr().err}"
+                printed.append(capsys.readouterr().out)
+    out = "".join(printed)
+    text = " ".join(GUIDE.read_text().split())
+    quoted = re.search(r"it prints `(training data: .*?)`", text).group(1)
+    assert quoted in " ".join(out.split()), "the guide quotes a line the command no longer prints"
+    assert "wrote x_hat.mat: x_hat 160x200 (n x samples, as Y.mat)" in out
+    for f in ("own-test.csv", "own-lasso-test.csv", "runs/own-lasso/weights.safetensors", "x_hat.mat"):
+        assert (tmp_path / f).exists(), f
+    for png in ("own-layers.png", "own-training.png"):
+        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
+    nmse = float(re.search(r"NMSE of the predictions: (-?[\d.]+) dB", out).group(1))
+    assert nmse < -5, f"the walk-through's predictions are poor: {nmse} dB"
