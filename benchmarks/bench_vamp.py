@@ -2,13 +2,14 @@
 
 ``check``: VAMP at 16 iterations (float64) on the suite's 250 x 500 / 1000 / 2000 i.i.d. (s = 50) and kappa = 15 / 100
 (p = 0.1) problems at 40 and 20 dB, the problem's 10,000 test vectors, beside the support-oracle floor, AMP
-(where it accepts the matrix; run anyway where it declines, with its divergence flag) and the issue's value.
+(where it accepts the matrix; run anyway where it declines, with its divergence flag) and the issue's value
+(``--test-size`` for fewer vectors on a busy machine).
 
 ``time``: seconds per 10,000 vectors of a K = 16 forward pass (float32, inference mode, best of ``--repeats``)
 with one thread, then all cores, for VAMP, AMP, FISTA and the learned networks of the suite (untrained: a
 trained network runs the same operations), on 250 x ``--n``.
 
-    .venv/bin/python benchmarks/bench_vamp.py [check] [time] [--n 500] [--repeats 3]
+    .venv/bin/python benchmarks/bench_vamp.py [check] [time] [--n 500] [--repeats 3] [--test-size 10000]
 
 Prints tables and writes benchmarks/results/vamp.json.
 """
@@ -35,13 +36,13 @@ ISSUE = {("iid", 500, 40): -45.5, ("iid", 1000, 40): -45.4, ("iid", 2000, 40): -
 LEARNED = ("alista", "na-alista", "lista-cpss", "lamp", "lvamp")
 
 
-def check() -> list[dict]:
+def check(test_size: int) -> list[dict]:
     rows = []
     for (kind, n, snr), issue in ISSUE.items():
         extra = {"iid": dict(p=50 / n), "kappa15": dict(p=0.1, kappa=15.0), "kappa100": dict(p=0.1, kappa=100.0)}[kind]
-        problem = Problem(ProblemSpec(m=250, n=n, snr=snr, seed=0, **extra))
+        problem = Problem(ProblemSpec(m=250, n=n, snr=snr, seed=0, test_size=test_size, **extra))
         x, y = problem.test(dtype=torch.float64)
-        row = dict(matrix=kind, n=n, snr=snr, issue_vamp=issue)
+        row = dict(matrix=kind, n=n, snr=snr, issue_vamp=issue, test_size=test_size)
         for name in ("vamp", "amp"):
             model = build(name, problem, {"K": 16}, torch.float64)
             with torch.inference_mode():
@@ -91,13 +92,14 @@ def main() -> None:
     ap.add_argument("what", nargs="*", default=["check", "time"], choices=["check", "time"])
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--test-size", type=int, default=10000, help="check: test vectors per problem")
     a = ap.parse_args()
     torch.set_num_threads(1)
     out = RESULTS / "vamp.json"
     result = json.loads(out.read_text()) if out.exists() else {}
     result.update(cores=os.cpu_count(), torch=torch.__version__, load_average_at_start=list(os.getloadavg()))
     if "check" in a.what:
-        result["check"] = check()
+        result["check"] = check(a.test_size)
     if "time" in a.what:
         result[f"time_n{a.n}"] = timing(a.n, a.repeats)
     write_text(out, json.dumps(result, indent=1) + "\n")

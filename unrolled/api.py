@@ -365,7 +365,7 @@ def evaluate(source: Run | UnrolledNet, problem: Problem | None = None, *, split
         check(problem is not None, "evaluate(model) needs the problem it was built for")
         model, method = source, source.name
     for name in baselines:
-        choice(name, [*SOLVERS, *E.FIXED_NETWORKS], "baseline")
+        choice(name, [*SOLVERS, *E.FIXED_NETWORKS, *E.baselines.NAMES], "baseline")
     x, y = E.evaluation_set(problem, split, test_x, test_size, snr)
     meta = dict(split=split, test_size=len(x), torch=torch.__version__)
     if isinstance(source, Run):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
-from . import metrics, solvers
+from . import baselines, metrics, solvers
 from .errors import check, choice
 from .io import write_text
 from .problem import Problem, _stream
@@ -93,10 +94,11 @@ def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor
     rows = []
     L = solvers.lipschitz(A)
     for algo in algos:
+        t0 = time.perf_counter()
         solver = solvers.get_solver(algo)
         lam_a = solvers.tune_lambda(algo, A, x_val, y_val, iters)[0] if lam == "auto" else float(lam)
         rows += evaluate_layers(lambda yc, s=solver, la=lam_a: s(A, yc, la, iters, L), x, y, algo, chunk,
-                                lam=lam_a)
+                                lam=lam_a, solve_seconds=round(time.perf_counter() - t0, 3))
     return rows
 
 
@@ -108,16 +110,26 @@ def baseline_rows(problem, x: Tensor, y: Tensor, iters: int, names: Iterable[str
     from .models import MODELS, build
 
     names = list(names)
-    lasso = [a for a in names if a not in FIXED_NETWORKS]
+    lasso = [a for a in names if a not in FIXED_NETWORKS and a not in baselines.NAMES]
     rows = []
     if lasso:
         xv, yv = problem.validation(torch.float64)
         rows = classical_rows(problem.A, x, y, xv[:tune_size], yv[:tune_size], iters, lasso, lam)
     for name in names:
         if name in FIXED_NETWORKS and not MODELS[name].skip(problem)[0]:
+            t0 = time.perf_counter()
             model = build(name, problem, dict(K=iters), torch.float64)
             note = divergence_note(model, y)
-            rows += [{**r, "diverged": note} if note else r for r in evaluate_model(model, x, y)]
+            got = evaluate_model(model, x, y, solve_seconds=round(time.perf_counter() - t0, 3))
+            rows += [{**r, "diverged": note} if note else r for r in got]
+        if name in baselines.NAMES:  # OMP, IHT, CoSaMP per iteration; the converged Lasso as one row
+            t0 = time.perf_counter()
+            xv, yv = problem.validation(torch.float64)
+            run, meta = baselines.prepare(name, problem.A, xv[:tune_size], yv[:tune_size], iters,
+                                          problem.spec.sparsity)
+            got = evaluate_layers(run, x, y, name, **meta)
+            got = got if name in baselines.ITERATIVE else [{**got[0], "layer": "", "converged": True}]
+            rows += [{**r, "solve_seconds": round(time.perf_counter() - t0, 3)} for r in got]
     return rows
 
 
@@ -203,7 +215,7 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     """Layers down, methods across; the oracle floor and each method's gap to it below."""
     label = {"nmse_db": "aggregate NMSE (dB)", "nmse_db_sample": "mean per-sample NMSE (dB)"}[metric]
     methods = list(dict.fromkeys(r["method"] for r in rows if r["layer"] != ""))
-    floors = {r["method"]: r[metric] for r in rows if r["layer"] == ""}
+    floors = {r["method"]: r[metric] for r in rows if r["layer"] == "" and not r.get("converged")}
     table = {(r["method"], r["layer"]): r[metric] for r in rows if r["layer"] != ""}
     depth = max((r["layer"] for r in rows if r["layer"] != ""), default=0)
     width = max([10] + [len(m) + 1 for m in methods])
@@ -216,6 +228,12 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
         note = next((r["diverged"] for r in rows if r["method"] == m and r.get("diverged")), "")
         if note:
             lines.append(f"{m}: diverged {note}")
+    for r in (r for r in rows if r.get("converged")):
+        lam = f" (lambda {r['lam']:.4g})" if "lam" in r else ""
+        lines.append(f"converged {r['method']}: {r[metric]:.2f} dB{lam}")
+    times = {r["method"]: r["solve_seconds"] for r in rows if "solve_seconds" in r}
+    if times:
+        lines.append("time (tuning and solving): " + ", ".join(f"{m} {t:.2f} s" for m, t in times.items()))
     undefined = [r.get("reason", "n/a") for r in rows if r["layer"] == "" and r[metric] is None]
     if undefined:
         lines.append(f"floor: {undefined[0]}")

@@ -58,7 +58,7 @@ def cmd_solve(a: argparse.Namespace) -> None:
     out = check_writable(a.out or f"{Path(a.problem).stem}-solve.csv")
     algos = [s.strip() for s in a.algo.split(",")]
     for algo in algos:
-        choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS], "algorithm")
+        choice(algo, [*solvers.SOLVERS, *E.FIXED_NETWORKS, *E.baselines.NAMES], "algorithm")
     for algo in (a for a in algos if a in E.FIXED_NETWORKS):
         declined, reason = MODELS[algo].skip(problem)
         check(not declined, f"{algo} cannot serve this problem: {reason}; drop {algo} from --algo")
@@ -74,6 +74,9 @@ def cmd_solve(a: argparse.Namespace) -> None:
         lam = next((r["lam"] for r in rows if r["method"] == algo and "lam" in r), None)
         if lam is not None:
             print(f"{algo}: lambda = {lam:.4g}" + (" (tuned on the validation set)" if a.lam == "auto" else ""))
+        s = next((r["s"] for r in rows if r["method"] == algo and "s" in r), None)
+        if s is not None:
+            print(f"{algo}: s = {s} non-zeros (tuned on the validation set)")
     print(f"test set: {len(x)} signals; {seconds:.1f} s for tuning and solving")
     print(E.format_table(rows))
     E.to_csv(rows, out, meta=dict(problem=str(a.problem), iters=a.iters, test_size=len(x)))
@@ -121,7 +124,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     ps = sub.add_parser("solve", help="classical solvers: per-iteration NMSE table and CSV")
     ps.add_argument("problem")
-    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt, amp, vamp (comma-separated)")
+    ps.add_argument("--algo", default="ista,fista", help="ista, fista, oista, ista-bt, amp, vamp, "
+                    "omp, iht, cosamp, lasso-cd (comma-separated)")
     ps.add_argument("--iters", type=positive_int, default=16)
     ps.add_argument("--lam", type=lam_value, default="auto", help="'auto' (tuned on validation) or a value")
     ps.add_argument("--tune-size", type=positive_int, default=1000, help="validation signals used to tune lambda")
