@@ -86,7 +86,7 @@ def confidence_line(run: api.Run, rows: list[dict], a: argparse.Namespace) -> st
     x, y = E.evaluation_set(run.problem, a.split, a.test_x, a.test_size, a.snr)
     model = run.model
     with torch.inference_mode():
-        x_hat = torch.cat([model(yc.to(model.A.device, model.A.dtype)).cpu() for _, yc in E.chunks(x, y, E.CHUNK)])
+        x_hat = torch.cat([model(yc.to(model.A.device, model.A.dtype)).cpu() for _, yc in E.chunks(x, y, 2000)])
     lo, hi = nmse_interval(x_hat, x, a.ci)
     final = max((r for r in rows if r["method"] == rows[0]["method"]), key=lambda r: r["layer"])
     final.update(ci_level=a.ci, ci_low=lo, ci_high=hi)
