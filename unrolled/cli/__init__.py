@@ -14,10 +14,10 @@ import sys
 from .. import ops
 from ..cpu import keep_freed_memory
 from ..errors import UsageError
-from . import data, demo, images, problem, repro, train
+from . import data, demo, images, problem, repro, search, train
 from .args import Parser
 
-COMMANDS = (problem, train, data, demo, repro, images)
+COMMANDS = (problem, train, data, demo, repro, images, search)
 
 
 def build_parser() -> Parser:

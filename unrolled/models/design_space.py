@@ -38,7 +38,9 @@ initialisation it is ISTA with step ``1/L``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -117,6 +119,37 @@ def parse_neurons(spec, K: int) -> list[str]:
     return names * K if len(names) == 1 else names
 
 
+def arch_from_params(params: dict, K: int, neuron: str = "soft", injection: str = "lwa") -> dict:
+    """The architecture ``{K, gates, neurons, injection}`` of a search trial's parameters
+    (``g{k}_{i}`` 0/1 for the extra connection ``x^(i)`` -> layer ``k+1``, ``n{k}`` the neuron of
+    layer ``k+1``, ``injection``; unrolled/search/space.py); missing decisions: off, ``neuron``,
+    ``injection``. Unknown parameter names are refused."""
+    known = {f"g{k}_{i}" for k in range(2, K) for i in range(1, k)} | {f"n{k}" for k in range(K)} | {"injection"}
+    unknown = sorted(set(params) - known)
+    check(not unknown, f"parameters {unknown} are not decisions of the K={K} design space")
+    gates = [[int(i == k or bool(params.get(f"g{k}_{i}", 0))) for i in range(K)] for k in range(K)]
+    neurons = ",".join(str(params.get(f"n{k}", neuron)) for k in range(K))
+    return {"K": K, "gates": check_gates(gates, K), "neurons": neurons,
+            "injection": choice(params.get("injection", injection), INJECTIONS, "injection")}
+
+
+def load_arch(path: str | Path) -> dict:
+    """The architecture ``{K, gates, neurons, injection}`` stored in a JSON file (``unrolled search
+    report`` writes ``average.json``), checked."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read the architecture file {path}: {e}; write one with "
+                         f"`unrolled search report STUDY`") from None
+    check(isinstance(d, dict) and {"K", "gates"} <= set(d),
+          f"{path} is not an architecture file: it needs K and gates (and neurons, injection)")
+    K = d["K"]
+    check(isinstance(K, int) and not isinstance(K, bool) and K >= 1, f"{path}: K={K!r} must be a positive integer")
+    return {"K": K, "gates": check_gates(d["gates"], K),
+            "neurons": ",".join(parse_neurons(d.get("neurons", "soft"), K)),
+            "injection": choice(d.get("injection", "lwa"), INJECTIONS, "injection")}
+
+
 @dataclass
 class LwaConfig(Config):
     gates: list[list[int]] | str | None = None  # K x K, or lista | lfista | dense; None: the family's default
@@ -125,6 +158,11 @@ class LwaConfig(Config):
 
     def default_gates(self, K: int) -> list[list[int]]:
         return lista_gates(K)
+
+    @classmethod
+    def from_params(cls, params: dict, K: int = 16, **fields) -> LwaConfig:
+        """The config of a search trial's parameters (``trial.params``): :func:`arch_from_params`."""
+        return cls(**{**fields, **arch_from_params(params, K)})
 
     def __post_init__(self) -> None:
         super().__post_init__()
