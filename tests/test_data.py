@@ -416,3 +416,13 @@ def test_the_guide_walkthrough_runs_as_written(tmp_path, monkeypatch, capsys):
         assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
     nmse = float(re.search(r"NMSE of the predictions: (-?[\d.]+) dB", out).group(1))
     assert nmse < -5, f"the walk-through's predictions are poor: {nmse} dB"
+
+
+def test_validation_is_capped_at_val_size_and_says_so(problem):
+    pool_spec = DataSpec(pool=500, val_fraction=0.5)
+    d = pool_spec.build(problem, 0, "mse", torch.float64, val_size=40)
+    assert len(d.pool) == 460 and len(d.y_val) == 40, "the split holds out no more than val_size"
+    assert "40 samples (0.5, at most val_size=40) split off" in d.description
+    d = DataSpec(pool=500).build(problem, 0, "mse", torch.float64, val_size=30)  # the problem's own 100
+    assert len(d.pool) == 500 and len(d.y_val) == 30 and "the first 30 used (val_size)" in d.description
+    torch.testing.assert_close(d.x_val, problem.validation(torch.float64)[0][:30], rtol=0, atol=0)

@@ -188,7 +188,7 @@ def prepare(problem: Problem | str | Path, model: str | UnrolledNet, config: dic
     init = _init_from(Path(init_from), net) if init_from is not None else None
     spec = data if isinstance(data, DataSpec) or data is None else DataSpec(**data)
     spec = None if spec is None or spec.fresh else spec
-    pool = spec.build(problem, opts.seed, opts.loss, net.A.dtype) if spec is not None else None
+    pool = spec.build(problem, opts.seed, opts.loss, net.A.dtype, opts.val_size) if spec is not None else None
     name, stages = _schedule(schedule, net.K, opts.batch, samples=budget, lr=lr, patience=patience)
     cfg = dict(model=net.name, model_config=dataclasses.asdict(net.config), schedule=name,
                stages=[s.to_dict() for s in stages], options=dataclasses.asdict(opts), device=str(device),
@@ -250,7 +250,7 @@ def _pool(cfg: dict, problem: Problem, opts: TrainOptions, model: UnrolledNet) -
     if "data" not in cfg:
         return None
     check(isinstance(cfg["data"], dict), "config.json has a damaged data record; it was edited")
-    return DataSpec.from_record(cfg["data"]).build(problem, opts.seed, opts.loss, model.A.dtype)
+    return DataSpec.from_record(cfg["data"]).build(problem, opts.seed, opts.loss, model.A.dtype, opts.val_size)
 
 
 def _device(cfg: dict, device: str | torch.device | None, log: Callable[[str], None] | None) -> torch.device:

@@ -229,8 +229,11 @@ class DataSpec:
                   f"restore it, or train a new run")
         return spec
 
-    def build(self, problem: Problem, seed: int, loss: str, dtype: torch.dtype = torch.float32) -> TrainingData:
-        """The pool and the validation set for ``problem``, a training ``seed`` and ``loss``."""
+    def build(self, problem: Problem, seed: int, loss: str, dtype: torch.dtype = torch.float32,
+              val_size: int | None = None) -> TrainingData:
+        """The pool and the validation set for ``problem``, a training ``seed`` and ``loss``; the
+        validation set has at most ``val_size`` samples (the trainer's ``val_size``): a split
+        holds out no more than that, and of longer validation files the first are used."""
         check(self.train_x is not None or self.train_y is None or loss == "lasso",
               f"training on measurements alone (train_y without train_x) needs the Lasso loss "
               f"(--loss lasso), not {loss!r}")
@@ -249,11 +252,15 @@ class DataSpec:
             how = f"validation: the problem's own {len(val):,} samples (independent of the pool)"
         else:
             fraction = DEFAULT_VAL_FRACTION if self.val_fraction is None else self.val_fraction
-            count = max(1, round(fraction * len(pool)))
+            count = max(1, min(round(fraction * len(pool)), val_size or len(pool)))
             check(count < len(pool), f"a pool of {len(pool)} sample(s) is too small to split off validation; "
                                      f"give more samples or validation files")
             pool, val = pool.split(count, seed)
-            how = f"validation: {count:,} samples ({fraction:g}) split off the pool, permutation seeded by {seed}"
+            cap = f", at most val_size={val_size:,}" if val_size is not None and count == val_size else ""
+            how = f"validation: {count:,} samples ({fraction:g}{cap}) split off the pool, permutation seeded by {seed}"
+        if val_size is not None and len(val) > val_size:
+            val = val.subset(torch.arange(val_size))
+            how += f", the first {val_size:,} used (val_size)"
         check(loss != "semi" or pool.supervised, "the semi-supervised loss needs signals (train_x)")
         target = "the Lasso objective" if loss == "lasso" else "NMSE"
         return TrainingData(pool, val.x, val.y, f"training data: {what}, {len(pool):,} for training; {how} ({target})")
