@@ -67,7 +67,8 @@ def test_classical_and_oracle_rows_and_csv(data, tmp_path):
     assert len(table) == 12 and all(t["problem"] == "p.npz" for t in table)
     assert float(table[3]["nmse_db"]) == pytest.approx(rows[3]["nmse_db"], rel=1e-12)
     out = E.format_table(rows)
-    assert "floor: oracle-ls" in out and "oracle-mmse" in out and "gap" in out and len(out.splitlines()) == 2 + 5 + 2
+    assert "floor: oracle-ls" in out and "oracle-mmse" in out and "gap" in out and len(out.splitlines()) == 2 + 5 + 4
+    assert "test vectors above 0 dB at the final layer: ista 0, fista 0" in out
 
 
 def test_classical_rows_auto_lambda_is_the_tuned_one(data):

@@ -53,7 +53,7 @@ def test_lista_at_init_is_ista_with_scale(tied, problem, y):
 
 
 def test_alista_with_scaled_A_is_ista(problem, y):
-    model = build("alista", problem, {"K": K, "lam": LAM, "ss": "none"}, F64)
+    model = build("alista", problem, {"K": K, "lam": LAM, "ss": "none", "gamma0": 1.0}, F64)
     model.W.copy_(problem.A / model.scale)
     assert_iterates(model, y, ista(problem, y, model.scale))
 

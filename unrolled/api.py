@@ -154,7 +154,17 @@ def train(problem: Problem | str | Path, model: str | UnrolledNet, config: dict 
     - ``options``: :class:`~unrolled.training.TrainOptions` fields (``batch=512, loss="mse",
       loss_lam=0.1, eval_every=50, seed=0, ...``); ``meta``: extra ``config.json`` entries.
     - ``log``: receives the stage summaries (default: stderr, with a progress bar).
+
+    With no ``config`` a named model trains with its recipe (:mod:`unrolled.recipes`, what
+    ``unrolled train`` does with no option): the recipe's config fields and, unless given, its
+    learning rate.
     """
+    if isinstance(model, str) and config is None and model in MODELS:
+        from . import recipes
+
+        config = recipes.config(model)
+        r = recipes.recipe(model)
+        lr = r.lr if lr is None and schedule == r.schedule else lr
     return prepare(problem, model, config, schedule, budget, out, device, lr=lr, patience=patience,
                    init_from=init_from, resume=resume, log=log, meta=meta, data=data, **options).run()
 

@@ -22,6 +22,7 @@ from .io import write_text
 from .problem import Problem, _stream
 
 FIELDS = ["method", "layer", "nmse_db", "nmse_db_sample", "fp", "fn", "f1"]
+CHUNK = 2000  # test vectors evaluated together: one chunk of iterates in memory at a time
 
 
 class LayerStats:
@@ -32,6 +33,7 @@ class LayerStats:
         self.energy = 0.0
         self.db_sum: list[float] = []
         self.sup: list[list[float]] = []
+        self.over: list[int] = []  # per layer: test vectors whose own NMSE is above 0 dB (worse than x_hat = 0)
         self.count = 0
         self.kept = 0  # samples with x != 0, the ones the per-sample dB averages over
 
@@ -42,12 +44,16 @@ class LayerStats:
         for k, xk in enumerate(outputs):
             e = ((xk.double() - x) ** 2).sum(1)
             s = metrics.support_stats(xk, x)
-            vals = [float(e.sum()), float(metrics.samples_db(e, energy).sum()),
+            sample_db = metrics.samples_db(e, energy)
+            over = int((~(sample_db <= 0)).sum())  # NaN counts as above
+            vals = [float(e.sum()), float(sample_db.sum()),
                     s["fp"] * len(x), s["fn"] * len(x), s["f1"] * len(x)]
             if k == len(self.err):
                 self.err.append(0.0)
                 self.db_sum.append(0.0)
                 self.sup.append([0.0, 0.0, 0.0])
+                self.over.append(0)
+            self.over[k] += over
             self.err[k] += vals[0]
             self.db_sum[k] += vals[1]
             for j in range(3):
@@ -60,7 +66,7 @@ class LayerStats:
         n, kept = max(self.count, 1), max(self.kept, 1)
         return [dict(method=method, layer=k, nmse_db=metrics.db(self.err[k] / self.energy),
                      nmse_db_sample=self.db_sum[k] / kept, fp=self.sup[k][0] / n, fn=self.sup[k][1] / n,
-                     f1=self.sup[k][2] / n, **meta) for k in range(len(self.err))]
+                     f1=self.sup[k][2] / n, over_0db=self.over[k], **meta) for k in range(len(self.err))]
 
 
 def chunks(x: Tensor, y: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -69,7 +75,7 @@ def chunks(x: Tensor, y: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
 
 
 def evaluate_layers(run: Callable[[Tensor], Iterable[Tensor]], x: Tensor, y: Tensor, method: str,
-                    chunk: int = 2000, **meta) -> list[dict]:
+                    chunk: int = CHUNK, **meta) -> list[dict]:
     """Rows for every layer of ``run(y_chunk)`` (an iterable of ``x_0 .. x_K``)."""
     stats = LayerStats()
     with torch.inference_mode():
@@ -78,10 +84,10 @@ def evaluate_layers(run: Callable[[Tensor], Iterable[Tensor]], x: Tensor, y: Ten
     return stats.rows(method, **meta)
 
 
-def evaluate_model(model, x: Tensor, y: Tensor, method: str | None = None, chunk: int = 2000, **meta) -> list[dict]:
+def evaluate_model(model, x: Tensor, y: Tensor, method: str | None = None, chunk: int = CHUNK, **meta) -> list[dict]:
     """Per-layer rows of an :class:`~unrolled.models.UnrolledNet` on ``(x, y)``."""
     dev, dt = model.A.device, model.A.dtype
-    return evaluate_layers(lambda yc: model(yc.to(dev, dt), all_layers=True), x, y, method or model.name, chunk, **meta)
+    return evaluate_layers(lambda yc: model.iterates(yc.to(dev, dt)), x, y, method or model.name, chunk, **meta)
 
 
 FIXED_NETWORKS = ("amp", "vamp")  # untrained baselines that are registry models rather than Lasso solvers
@@ -89,7 +95,7 @@ FIXED_NETWORKS = ("amp", "vamp")  # untrained baselines that are registry models
 
 def classical_rows(A: Tensor, x: Tensor, y: Tensor, x_val: Tensor, y_val: Tensor, iters: int,
                    algos: Iterable[str] = ("ista", "fista"), lam: float | str = "auto",
-                   chunk: int = 2000) -> list[dict]:
+                   chunk: int = CHUNK) -> list[dict]:
     """Rows of classical solvers at depth ``iters``; ``lam='auto'`` tunes on the validation set."""
     rows = []
     L = solvers.lipschitz(A)
@@ -211,6 +217,14 @@ def to_csv(rows: list[dict], path=None, meta: dict | None = None) -> str:
     return buf.getvalue()
 
 
+def diverged_from(note: str) -> int | None:
+    """The iteration a ``diverged`` note (:func:`divergence_note`) names, or ``None``."""
+    import re
+
+    found = re.search(r"at iteration (\d+)", note or "")
+    return int(found.group(1)) if found else None
+
+
 def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     """Layers down, methods across; the oracle floor and each method's gap to it below."""
     label = {"nmse_db": "aggregate NMSE (dB)", "nmse_db_sample": "mean per-sample NMSE (dB)"}[metric]
@@ -221,13 +235,24 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
     width = max([10] + [len(m) + 1 for m in methods])
     lines = [f"{label} per layer, over the test set",
              "layer" + "".join(f"{m:>{width}}" for m in methods)]
+    notes = {m: next((r["diverged"] for r in rows if r["method"] == m and r.get("diverged")), "") for m in methods}
+    since = {m: diverged_from(note) for m, note in notes.items()}  # a blown-up method shows no number from there
+
+    def cell(m: str, k: int) -> str:
+        c = table.get((m, k))
+        if c is None:
+            return f"{'':>{width}}"
+        return f"{'diverged':>{width}}" if since[m] is not None and k >= since[m] else f"{c:>{width}.2f}"
+
     for k in range(depth + 1):
-        cells = [table.get((m, k)) for m in methods]
-        lines.append(f"{k:>5}" + "".join(f"{'':>{width}}" if c is None else f"{c:>{width}.2f}" for c in cells))
+        lines.append(f"{k:>5}" + "".join(cell(m, k) for m in methods))
     for m in methods:
-        note = next((r["diverged"] for r in rows if r["method"] == m and r.get("diverged")), "")
-        if note:
-            lines.append(f"{m}: diverged {note}")
+        if notes[m]:
+            lines.append(f"{m}: diverged {notes[m]}")
+    over = {m: r["over_0db"] for r in rows if "over_0db" in r and r["layer"] != ""
+            for m in [r["method"]] if r["layer"] == max(k for (mm, k) in table if mm == m)}
+    if over:
+        lines.append("test vectors above 0 dB at the final layer: " + ", ".join(f"{m} {v}" for m, v in over.items()))
     for r in (r for r in rows if r.get("converged")):
         lam = f" (lambda {r['lam']:.4g})" if "lam" in r else ""
         lines.append(f"converged {r['method']}: {r[metric]:.2f} dB{lam}")
@@ -241,6 +266,7 @@ def format_table(rows: list[dict], metric: str = "nmse_db") -> str:
         name, floor = next(iter(floors.items()))
         lines.append("floor: " + ", ".join(f"{k} {v:.2f} dB" for k, v in floors.items()))
         last = {m: max(k for (mm, k) in table if mm == m) for m in methods}
-        gaps = "".join(f"{table[(m, last[m])] - floor:>{width}.2f}" for m in methods)
+        gaps = "".join(f"{'diverged':>{width}}" if since[m] is not None and last[m] >= since[m]
+                       else f"{table[(m, last[m])] - floor:>{width}.2f}" for m in methods)
         lines.append(f"{'gap':>5}" + gaps + f"   (final layer minus {name})")
     return "\n".join(lines)

@@ -20,8 +20,20 @@ from .args import Parser
 COMMANDS = (problem, train, data, demo, repro, images, search)
 
 
+def version() -> str:
+    """The installed package's version (``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("unrolled")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="unrolled", description="Learned sparse recovery: problems, solvers, unrolled networks.")
+    parser.add_argument("--version", action="version", version=f"unrolled {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS:
         module.add_commands(sub)

@@ -12,8 +12,22 @@ from ..errors import UsageError, check
 from ..problem import MATRICES, SIGNALS, TEST_NOISES, ProblemSpec
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every default that is a value (not an unset ``None`` or a flag's ``False``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or "") \
+                or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit code 2)."""
+    """argparse with one-line errors (exit code 2) and defaults shown in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D102
         raise UsageError(f"{self.prog}: {message}")
@@ -112,8 +126,10 @@ def add_problem_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--p", type=finite, default=None, help="probability of a non-zero entry (default 0.1, or s/n)")
     p.add_argument("--s", type=finite, default=None, help="expected non-zeros per signal (sets p = s/n)")
     p.add_argument("--snr", type=snr_value, default=d.snr, help="training/validation SNR in dB; inf = noiseless")
-    p.add_argument("--seed", type=seed_int, default=d.seed)
-    p.add_argument("--matrix", choices=MATRICES, default=d.matrix)
+    p.add_argument("--seed", type=seed_int, default=d.seed, help="seed of A, the validation and the test set")
+    p.add_argument("--matrix", choices=MATRICES, default=d.matrix,
+                   help="gaussian: i.i.d. N(0, 1/m); dct: m random rows of the orthonormal n x n DCT; toeplitz: "
+                        "Gaussian with correlated columns (--rho); lowrank: U V of inner rank --rank; file: --a-file")
     p.add_argument("--kappa", type=positive, default=None, help="condition number of A (docs/spec.md §2)")
     p.add_argument("--rank", type=positive_int, default=None,
                    help="inner dimension r of a low-rank A = U V (default round(0.8 m))")
@@ -124,17 +140,22 @@ def add_problem_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw-columns", action="store_true",
                    help="keep A's columns as given instead of normalising them (warns; ALISTA, AMP and the "
                         "initial thresholds assume unit-norm columns)")
-    p.add_argument("--a-file", default=None, help="load A from .npy, .npz or .mat (key D or A)")
-    p.add_argument("--signal", choices=SIGNALS, default=d.signal)
-    p.add_argument("--gamma-shape", type=positive, default=d.gamma_shape)
-    p.add_argument("--gamma-rate", type=positive, default=d.gamma_rate)
-    p.add_argument("--test-noise", choices=TEST_NOISES, default=d.test_noise)
+    p.add_argument("--a-file", default=None, help="load A from .npy, .npz or .mat (key D or A); columns that are "
+                   "not unit-norm are normalised (the scale is kept: estimates come back in your units)")
+    p.add_argument("--signal", choices=SIGNALS, default=d.signal,
+                   help="bernoulli: each entry non-zero with probability p, N(0, 1); fixed: exactly round(p n) "
+                        "non-zeros; gamma: every entry Gamma(--gamma-shape, --gamma-rate), none zero")
+    p.add_argument("--gamma-shape", type=positive, default=d.gamma_shape, help="shape of --signal gamma")
+    p.add_argument("--gamma-rate", type=positive, default=d.gamma_rate, help="rate of --signal gamma")
+    p.add_argument("--test-noise", choices=TEST_NOISES, default=d.test_noise,
+                   help="noise of the test set: gaussian at --test-snr, or salt-and-pepper at --sp-density")
     p.add_argument("--test-snr", type=snr_value, default=None, help="test-set SNR if it differs from --snr")
     p.add_argument("--sp-density", type=finite, default=d.sp_density, help="salt-and-pepper density")
     p.add_argument("--test-perturb", type=finite, default=d.test_perturb,
                    help="Laplace scale of a test-only perturbation of A (0 = none)")
-    p.add_argument("--val-size", type=positive_int, default=d.val_size)
-    p.add_argument("--test-size", type=positive_int, default=d.test_size)
+    p.add_argument("--val-size", type=positive_int, default=d.val_size,
+                   help="validation signals (model selection and lambda tuning only)")
+    p.add_argument("--test-size", type=positive_int, default=d.test_size, help="test signals (never used to select)")
 
 
 def spec_from_args(a: argparse.Namespace) -> ProblemSpec:

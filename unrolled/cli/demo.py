@@ -6,19 +6,14 @@ import argparse
 import time
 from pathlib import Path
 
-from .. import api
+from .. import api, recipes
 from .. import evaluation as E
 from ..problem import Problem, ProblemSpec
 from ..training import RunDir
 from .args import number, positive_int
 from .train import fit
 
-# model: (samples, lr, config) — end to end, count-form support selection with the |z| > theta
-# condition (docs/results.md: what mattered); sized for 5 minutes on 2 CPU cores.
-DEMO_MODELS = {
-    "alista": (300_000, 2e-3, {"ss": "count", "ss.theta": True}),
-    "na-alista": (150_000, 1e-3, {"ss": "count", "ss.theta": True, "head": "reference"}),
-}
+DEMO_MODELS = ("alista", "na-alista")  # trained with their recipes (unrolled/recipes.py) at the demo budget
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -31,15 +26,16 @@ def cmd_demo(a: argparse.Namespace) -> None:
     path = problem.save(out / "problem.npz")
     print(f"problem: {problem} -> {path}")
     rows: list[dict] = []
-    for name, (samples, lr, config) in DEMO_MODELS.items():
+    for name in DEMO_MODELS:
+        r = recipes.recipe(name)
         rd = RunDir(out / name)
         if rd.finished:
             print(f"{name}: already trained in {rd}")
             run = api.load(rd)
         else:
-            training = api.prepare(path, name, {**config, "K": a.layers}, "end-to-end", samples, rd, lr=lr,
-                                   seed=a.seed, resume=True)
-            run = fit(training, samples)
+            training = api.prepare(path, name, {**recipes.config(name), "K": a.layers}, r.schedule, r.demo_budget, rd,
+                                   lr=r.lr, batch=r.batch, seed=a.seed, resume=True)
+            run = fit(training, r.demo_budget)
         first = not rows  # the baselines and the floor once, beside the first model
         rows += api.evaluate(run, baselines=api.BASELINES if first else (), oracle=first)
     print(E.format_table(rows))

@@ -1,7 +1,13 @@
 """ALISTA and its thresholding variants: analytic W, a few learned scalars per layer.
 
 * ``alista`` (Liu et al., ICLR 2019): ``x <- ss(x + gamma_t W^T (y - A x), theta_t)``, W from
-  docs/spec.md §4, ``gamma = 1``, ``theta = lam / (1.001 L)`` at initialisation.
+  docs/spec.md §4, ``gamma = 1 / rho(W^T A)``, ``theta = lam / (1.001 L)`` at initialisation.
+
+Initial step (docs/spec.md §6.5, §11): the linear part ``I - gamma W^T A`` is stable iff
+``gamma rho(W^T A) < 2``; ``gamma0 = None`` (the default) starts at ``1 / rho``, the middle of
+that range, on any matrix (rho = 2.15 at 250x500, 4.3-4.9 on partial-DCT or kappa = 100
+matrices, where the old constant 1 diverged). A number pins it (the papers' and repro
+configs' 1 or 0.5). AGLISTA's learned steps are clamped to ``STEP_MARGIN / rho`` (``bound``).
 * ``alista-at`` (adaptive thresholds, Kim & Park 2020 as in the NA-ALISTA code): the same
   step with per-entry ``theta_{t,i} = theta_t / (|x_i| / eps + 1)`` from the current iterate.
 * ``aglista`` (Wu et al., ICLR 2020): gain gate ``g = 1 + theta_{t-1} nu_t exp(-v_t |x|)``,
@@ -18,21 +24,29 @@ from torch import Tensor, nn
 
 from .. import ops, solvers
 from ..analytic import METHODS, analytic_weights
-from ..errors import choice
+from ..errors import check, choice
 from ..ops import Selection
 from .base import Config, UnrolledNet, layer, register, selection
+
+STEP_MARGIN = 1.9  # bounded steps: gamma <= 1.9 / rho(W^T A), 5 % inside the stable gamma rho < 2
+
+
+def spectral_radius(W: Tensor, A: Tensor) -> float:
+    """``rho(W^T A)``, from the eigenvalues of the ``m x m`` matrix ``A W^T`` (the same non-zero ones)."""
+    return float(torch.linalg.eigvals(A.double() @ W.double().T).abs().max())
 
 
 @dataclass
 class AlistaConfig(Config):
     ss: Selection = selection("percentage")
     weights: str = "closed-form"  # closed-form | pgd  (analytic W, docs/spec.md §4)
-    gamma0: float = 1.0
+    gamma0: float | None = None  # None: 1 / rho(W^T A), the middle of the stable range (docs/spec.md §6.5)
     theta0: float | None = None  # None: lam / (1.001 L)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         choice(self.weights, METHODS, "weights method")
+        check(self.gamma0 is None or self.gamma0 > 0, f"gamma0={self.gamma0} must be > 0 (or None: 1 / rho(W^T A))")
 
 
 class AnalyticNet(UnrolledNet):
@@ -44,6 +58,12 @@ class AnalyticNet(UnrolledNet):
     def __init__(self, problem, config: AlistaConfig) -> None:
         super().__init__(problem, config)
         self.register_buffer("W", analytic_weights(problem.A, config.weights).W.clone())
+        self.rho = spectral_radius(self.W, self.A)
+
+    def gamma0(self) -> float:
+        """The initial step: ``config.gamma0``, or ``1 / rho(W^T A)`` where it is ``None``."""
+        g = getattr(self.config, "gamma0", None)
+        return 1 / self.rho if g is None else g
 
     def theta0(self) -> float:
         c = self.config
@@ -51,7 +71,7 @@ class AnalyticNet(UnrolledNet):
 
     def initial_twin(self, y: Tensor) -> list[Tensor]:
         eps = getattr(self.config, "eps", None)
-        return list(solvers.proximal_gradient(self.A, y, self.W, self.config.gamma0, self.theta0(), self.K, self.cuts,
+        return list(solvers.proximal_gradient(self.A, y, self.W, self.gamma0(), self.theta0(), self.K, self.cuts,
                                               eps))
 
 
@@ -61,7 +81,7 @@ class ALISTA(AnalyticNet):
 
     def __init__(self, problem, config: AlistaConfig) -> None:
         super().__init__(problem, config)
-        self.layers = nn.ModuleList(layer(gamma=config.gamma0, theta=self.theta0()) for _ in range(self.K))
+        self.layers = nn.ModuleList(layer(gamma=self.gamma0(), theta=self.theta0()) for _ in range(self.K))
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
@@ -70,7 +90,6 @@ class ALISTA(AnalyticNet):
 
 @dataclass
 class AlistaATConfig(AlistaConfig):
-    gamma0: float = 0.5
     theta0: float | None = 0.5
     eps: float = 0.1
 
@@ -88,12 +107,12 @@ class ALISTA_AT(ALISTA):
 
 @dataclass
 class AglistaConfig(AlistaConfig):
-    gamma0: float = 0.5
     theta0: float | None = 0.5
     a0: float = 0.01
     v0: float = 1.0
     nu0: float = 0.05
     theta_init: float = 1.0
+    bound: bool = True  # steps clamped to STEP_MARGIN / rho(W^T A); False: unbounded, as the reference code
 
 
 @register("aglista")
@@ -107,18 +126,24 @@ class AGLISTA(AnalyticNet):
         super().__init__(problem, config)
         c = config
         self.theta_init = nn.Parameter(torch.tensor(c.theta_init, dtype=torch.float64))
-        self.layers = nn.ModuleList(layer(gamma=c.gamma0, theta=self.theta0(), nu=c.nu0, v=c.v0, a=c.a0)
+        self.layers = nn.ModuleList(layer(gamma=self.gamma0(), theta=self.theta0(), nu=c.nu0, v=c.v0, a=c.a0)
                                     for _ in range(self.K))
+        self.step_max = STEP_MARGIN / self.rho if c.bound else None
+
+    def bounded(self, gamma: Tensor) -> Tensor:
+        return gamma if self.step_max is None else gamma.clamp(max=self.step_max)
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
         theta_prev = self.theta_init if t == 1 else self.layers[t - 2].theta
-        return ops.gated_step(x, y, self.A, self.W, theta_prev * p.nu, p.v, p.gamma, p.theta, p.a, self.cuts[t - 1])
+        return ops.gated_step(x, y, self.A, self.W, theta_prev * p.nu, p.v, self.bounded(p.gamma), p.theta, p.a,
+                              self.cuts[t - 1])
 
     def initial_twin(self, y: Tensor) -> list[Tensor]:
         c, x = self.config, y.new_zeros(y.shape[0], self.n)
-        const = {k: torch.tensor(v, dtype=y.dtype) for k, v in dict(gamma=c.gamma0, theta=self.theta0(), nu=c.nu0,
+        const = {k: torch.tensor(v, dtype=y.dtype) for k, v in dict(gamma=self.gamma0(), theta=self.theta0(), nu=c.nu0,
                                                                   v=c.v0, a=c.a0, first=c.theta_init).items()}
+        const["gamma"] = self.bounded(const["gamma"])
         outs = [x]
         for t in range(1, self.K + 1):
             theta_prev = const["first"] if t == 1 else const["theta"]

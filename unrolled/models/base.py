@@ -18,8 +18,8 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch

@@ -27,6 +27,7 @@ from ..errors import UsageError, check
 from ..io import open_nofollow, write_json
 from ..models import MODELS, build, make_config
 from ..problem import Problem, _stream
+from ..recipes import config_record, reproduction_config
 from ..training import RunDir, make_schedule
 from ..training.trainer import Diverged
 from . import analyses
@@ -209,7 +210,7 @@ class Runner:
         exp, K = self.exp, self.budget.K
         check(1 <= K <= api.MAX_LAYERS, f"K={K} layers must be in 1..{api.MAX_LAYERS}")
         overrides, extra, prune = model_overrides(exp, entry, cell, K)
-        config = make_config(MODELS[entry.model].Config, overrides)
+        config = make_config(MODELS[entry.model].Config, reproduction_config(entry.model, overrides))
         sched = {**exp.schedule, **self.budget.schedule, **entry.schedule,
                  **self.budget.model_schedule.get(entry.label, {})}
         kw, options = train_options(sched, exp.seed, cell.spec.val_size)
@@ -234,7 +235,7 @@ class Runner:
         exp = self.exp
         overrides, extra, prune, config, sched, kw, options, stages = self.plan(cell, entry)
         spec = {k: v for k, v in cell.spec.record().items() if k not in TEST_ONLY}
-        ident = dict(spec=spec, train_size=cell.train_size, model=entry.model, config=dataclasses.asdict(config),
+        ident = dict(spec=spec, train_size=cell.train_size, model=entry.model, config=config_record(config),
                      stages=[s.to_dict() for s in stages], options=dataclasses.asdict(options), prune=prune)
         rd = RunDir(self.store / f"{entry.model}-{digest(ident)}")
         if self.finished_only and not rd.finished:

@@ -336,7 +336,8 @@ class RunDir:
         sha = save_weights(trainer.model, self.weights_file)
         result = {"weights_sha256": sha, "samples": trainer.c["samples"], "steps": trainer.c["total_steps"],
                   "seconds": trainer.seconds, "nan_events": trainer.c["nan_events"], "device": str(trainer.device),
-                  **({"config_sha256": sha256(self.config_file)} if self.config_file.exists() else {}), **extra}
+                  **({"config_sha256": sha256(self.config_file)} if self.config_file.exists() else {}),
+                  **{k: trainer.c[k] for k in ("retried", "failed") if trainer.c.get(k)}, **extra}
         write_json(self.result_file, result)
         return result
 

@@ -23,6 +23,7 @@ from ..errors import UsageError, check, choice
 from ..metrics import nmse_db
 from ..models import UnrolledNet
 from ..problem import Problem
+from . import verdict
 from .data import TrainingData
 from .rundir import RunDir
 from .schedule import LOSSES, Stage
@@ -75,7 +76,8 @@ class Trainer:
         self.params = dict(model.named_parameters())
         self.gen = torch.Generator().manual_seed(options.seed)
         self.c = dict(stage=0, step=0, total_steps=0, samples=0, best=math.inf, since_best=0, lr_scale=1.0,
-                      loss_sum=0.0, loss_count=0, metrics_bytes=0, nan_events=0, stage_rollbacks=0, done=False)
+                      loss_sum=0.0, loss_count=0, metrics_bytes=0, nan_events=0, stage_rollbacks=0, done=False,
+                      retried="", failed="")
         self.best = self._snapshot()
         self.optim: torch.optim.Optimizer | None = None
         self.last_good: tuple[dict, dict] | None = None
@@ -307,6 +309,10 @@ class Trainer:
     def run(self) -> None:
         """Train through every remaining stage."""
         c, o = self.c, self.opt
+        if c["stage"] == 0 and c["total_steps"] == 0 and self.optim is None and not c["retried"]:
+            c["retried"] = verdict.retry_start(self)  # a diverging start: smaller steps (unrolled/training/verdict.py)
+            if c["retried"]:
+                self.log(f"note: {c['retried']}")
         while c["stage"] < len(self.stages):
             stage = self.stages[c["stage"]]
             start = time.perf_counter()
@@ -347,5 +353,6 @@ class Trainer:
                     self._validate_and_checkpoint(stage)
             self.seconds += time.perf_counter() - start
             self._finish_stage(stage)
+        c["failed"] = verdict.verdict(self)  # above 0 dB or worse than FISTA: a failed run, not a result
         c["done"] = True
         self._write_state()

@@ -1,0 +1,121 @@
+"""Recipes and derived initialisations (issue 15): one table for the CLI, the API and the demo;
+gamma0 from rho(W^T A); bounded NA-ALISTA/AGLISTA steps; a diverging start retried with smaller
+steps; a training worse than FISTA (or than 0 dB) is a failed run with a one-line error."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import unrolled as ur
+from unrolled import recipes
+from unrolled.cli import main
+from unrolled.models import build
+from unrolled.models.alista import STEP_MARGIN, spectral_radius
+
+
+def problem(**kw) -> ur.Problem:
+    base = dict(m=32, n=128, p=0.04, snr=40, seed=1, val_size=300, test_size=300, matrix="dct")
+    return ur.Problem(ur.ProblemSpec(**{**base, **kw}))
+
+
+def test_gamma0_is_one_over_rho_and_rho_is_the_spectral_radius():
+    p = problem()
+    net = build("alista", p, dict(K=4), torch.float64)
+    rho = max(abs(np.linalg.eigvals(net.W.numpy().T @ p.A.numpy())))
+    assert net.rho == pytest.approx(rho, rel=1e-10) and rho > 3  # n/m = 4: rho >= 4 (docs/spec.md §6.5)
+    assert all(float(layer.gamma.detach()) == pytest.approx(1 / rho) for layer in net.layers)
+    assert float(build("alista", p, dict(K=2, gamma0=0.7)).layers[0].gamma) == pytest.approx(0.7)
+    assert spectral_radius(net.W, p.A) == net.rho
+
+
+@pytest.mark.parametrize("head", ["paper", "reference"])
+def test_na_alista_steps_are_bounded_unless_bound_false(head):
+    p = problem()
+    net = build("na-alista", p, dict(K=3, head=head), torch.float64)
+    with torch.no_grad():
+        for layer in [mod for mod in net.head.modules() if isinstance(mod, torch.nn.Linear)][-1:]:
+            layer.weight.fill_(5.0)  # outputs far beyond the stable range
+            if layer.bias is not None:
+                layer.bias.fill_(5.0)
+        ctx = {}
+        _, y = p.test(dtype=torch.float64)
+        x = net.begin(y, ctx)
+        from unrolled import ops
+
+        _, features = ops.residual_features(x, y, net.A, net.W, net.config.inputs, net.feature_scale)
+        gamma, _ = net.thresholds(1, features, ctx)
+    assert float(gamma.max()) == pytest.approx(STEP_MARGIN / net.rho)
+    free = build("na-alista", p, dict(K=3, head=head, bound=False), torch.float64)
+    assert free.step_max is None
+
+
+def test_aglista_steps_are_clamped():
+    net = build("aglista", problem(), dict(K=2, gamma0=10.0), torch.float64)
+    assert float(net.bounded(net.layers[0].gamma)) == pytest.approx(STEP_MARGIN / net.rho)
+    assert build("aglista", problem(), dict(K=2, bound=False)).step_max is None
+
+
+def test_recipe_table_and_reproduction_pins():
+    assert recipes.recipe("alista").lr == 2e-3 and recipes.recipe("lista") == recipes.DEFAULT
+    assert recipes.config("alista") == {"ss": "count", "ss.theta": True}
+    assert recipes.config("alista", {"ss": "none"}) == {"ss": "none"}  # a mode given drops the recipe's ss.*
+    assert recipes.reproduction_config("na-alista", {}) == {"bound": False}
+    assert recipes.reproduction_config("alista", {"gamma0": 0.5}) == {"gamma0": 0.5}
+    cfg = build("na-alista", problem(), recipes.reproduction_config("na-alista", {"K": 2})).config
+    assert "bound" not in recipes.config_record(cfg)
+    with pytest.raises(ur.UsageError, match="unknown model"):
+        recipes.recipe("nope")
+
+
+def test_cli_train_with_no_option_uses_the_recipe_and_the_dct_case_trains_well(tmp_path, capsys):
+    """The +57 dB partial-DCT case of issue 15 (gamma0 = 1 with rho = 4): with the recipe it trains
+    to better than FISTA at the same depth; a start pinned to gamma0 = 8 is retried with halved steps."""
+    path = problem().save(tmp_path / "dct.npz")
+    assert main(["train", str(path), "--model", "alista", "--layers", "8", "--out", str(tmp_path / "a"),
+                 "--budget-samples", "20000"]) == 0
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["model_config"]["ss"]["mode"] == "count" and cfg["stages"][0]["lr"] == 2e-3
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert "failed" not in result
+    assert main(["eval", str(tmp_path / "a"), "--test-size", "300"]) == 0
+    out = capsys.readouterr().out
+    last = [line.split() for line in out.splitlines() if line.split()[:1] == ["8"]][0]
+    assert float(last[1]) < float(last[3])  # alista beats fista (columns: alista ista fista amp...)
+    assert "test vectors above 0 dB at the final layer: alista 0" in out
+    assert main(["train", str(path), "--model", "alista", "--layers", "8", "--out", str(tmp_path / "b"),
+                 "--budget-samples", "2048", "--set", "gamma0=8"]) in (0, 2)
+    out = capsys.readouterr().out
+    assert "initial model diverged" in out and "halved" in out
+
+
+def test_training_worse_than_fista_is_a_failed_run(tmp_path, capsys):
+    path = problem().save(tmp_path / "dct.npz")
+    run = tmp_path / "r"
+    code = main(["train", str(path), "--model", "alista", "--layers", "6", "--out", str(run), "--budget-samples",
+                 "512", "--set", "gamma0=0.01", "--set", "ss=none", "--lr", "1e-9"])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # (the lines before are the progress bar's)
+    assert code == 2 and last.startswith("error: training failed") and "worse than FISTA" in last and "try" in last
+    result = json.loads((run / "result.json").read_text())
+    assert "worse than FISTA" in result["failed"] and (run / "weights.safetensors").exists()
+    assert main(["eval", str(run), "--test-size", "100"]) == 0
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_api_train_with_no_config_is_the_recipe():
+    run = ur.train(problem(), "alista", budget=1024, lr=1e-3)
+    assert run.model.config.ss.mode == "count" and run.model.config.ss.theta is True
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 16)" in out and "alista: end-to-end, lr 0.002" in out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("unrolled ")
