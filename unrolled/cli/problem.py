@@ -42,7 +42,7 @@ def cmd_weights(a: argparse.Namespace) -> None:
     print(f"method        {res.method}" + (f" ({res.iterations} iterations)" if res.method == "pgd" else ""))
     print(f"objective     {res.objective:.6f}   (sum_{{i!=j}} (w_i^T a_j)^2)")
     print(f"coherence     {res.coherence:.4f}     (max_{{i!=j}} |w_i^T a_j|; A itself: "
-          f"{coherence(problem.A, problem.A):.4f})")
+          f"{coherence(unit := problem.A / problem.A.norm(dim=0), unit):.4f})")
     print(f"rank          {res.rank} of m={problem.m}")
     print(f"time          {res.seconds:.3f} s")
     if a.out:
