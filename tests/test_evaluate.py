@@ -120,3 +120,22 @@ def test_the_oracle_floor_is_na_where_the_support_gram_matrix_is_singular():
     assert M.support_gram_condition(A, dense) == math.inf
     table = E.format_table([dict(method="ista", layer=0, nmse_db=0.0), *bad])
     assert "floor: n/a" in table and "gap" not in table
+
+
+def test_vectors_above_0db_are_counted_and_a_diverged_method_shows_no_number():
+    x = torch.randn(6, 5, dtype=torch.float64)
+    y = x[:, :3]
+
+    def run(yc):  # layer 1: half the vectors blown up (NMSE +20 dB), layer 2: all exact
+        xc = x[: len(yc)]
+        blown = xc.clone()
+        blown[:3] *= 11.0
+        return [torch.zeros_like(xc), blown, xc]
+
+    rows = E.evaluate_layers(run, x, y, "m")
+    assert [r["over_0db"] for r in rows] == [0, 3, 0]  # x_hat = 0 is exactly 0 dB: not above
+    rows = [{**r, "diverged": "at iteration 1 (3 of 6 signals)"} for r in rows]
+    table = E.format_table(rows)
+    assert "diverged" in table.splitlines()[3] and "diverged" in table.splitlines()[4]
+    assert "0.00" in table.splitlines()[2] and "m: diverged at iteration 1" in table
+    assert E.diverged_from("at iteration 12 (1 of 5 signals)") == 12 and E.diverged_from("") is None
