@@ -18,6 +18,12 @@ def cmd_repro(a: argparse.Namespace) -> None:
     elif a.target == "summary":
         path = summary(Path(a.runs), Path(a.docs), Path(a.reports), configs=configs)
         print(f"wrote {path} and the reports in {a.reports}")
+    elif a.target == "design-search":  # the architecture search, then the tables' searched column (unrolled/search)
+        from .search import _need_optuna
+        _need_optuna()
+        from ..search.repro import run
+
+        run(a.budget, Path(a.out) if a.out else Path("runs/repro"), device=a.device)
     else:
         check(a.device in ("cpu", "cuda") or a.device.startswith("cuda:"),
               f"unknown device {a.device!r}; valid: cpu, cuda")
