@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 from .. import ops
 from ..cpu import keep_freed_memory
@@ -41,6 +42,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line, no source location
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
