@@ -21,6 +21,7 @@ from faults import killed_at
 import unrolled as ur
 from unrolled import UsageError
 from unrolled.cli import main
+from unrolled.io import save_array
 from unrolled.metrics import nmse_db
 from unrolled.problem import Problem, ProblemSpec
 from unrolled.training.data import DataSpec, Pool, to_problem_units, to_user_units
@@ -426,3 +427,16 @@ def test_validation_is_capped_at_val_size_and_says_so(problem):
     d = DataSpec(pool=500).build(problem, 0, "mse", torch.float64, val_size=30)  # the problem's own 100
     assert len(d.pool) == 500 and len(d.y_val) == 30 and "the first 30 used (val_size)" in d.description
     torch.testing.assert_close(d.x_val, problem.validation(torch.float64)[0][:30], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".mat"])
+def test_predict_python_round_trip_through_files(trained, files, tmp_path, suffix):
+    """What a MATLAB or NumPy user does by hand: read y, ``Run.predict``, write x_hat, read it back."""
+    run = ur.load(trained)
+    y = scipy.io.loadmat(files / "Yt.mat")["meas"]  # m x 50, as MATLAB stores it
+    x_hat = run.predict(y)
+    assert x_hat.shape == (41, 50)
+    path = save_array(tmp_path / f"x_hat{suffix}", x_hat, "x_hat")
+    back = scipy.io.loadmat(path)["x_hat"] if suffix == ".mat" else np.load(path)
+    np.testing.assert_array_equal(back, x_hat)
+    np.testing.assert_array_equal(back.T, run.predict(np.ascontiguousarray(y.T)))
