@@ -219,7 +219,8 @@ def test_report_writes_tables_and_average(tmp_path):
     assert "Average architecture" in text and "dense-lista" in text
     assert load_arch(tmp_path / "rep" / "average.json")["K"] == 3
     rows = (tmp_path / "rep" / "comparison.csv").read_text().splitlines()
-    assert len(rows) == 5 and rows[0].startswith("model,")
+    models = {r.split(",")[0] for r in rows[1:]}
+    assert rows[0].startswith("model,") and {"searched", "lista", "lfista", "dense-lista"} <= models
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------------
@@ -287,3 +288,17 @@ def test_postgres_workers_heartbeat_and_requeue(tmp_path):
         assert len(retried) == 1 and retried[0].params == running[0].params
     finally:
         stop()
+
+
+@pytest.mark.slow
+def test_repro_design_search_smoke_fills_the_searched_column(tmp_path):
+    """`unrolled repro design-search --budget smoke`: the search, its report, and design-table1 with
+    the searched column trained (minutes on a loaded 2-core machine)."""
+    from unrolled.search.repro import run
+
+    reports = run("smoke", tmp_path, log=lambda _m: None)
+    assert (tmp_path / "smoke" / "_search" / "report" / "average.json").exists()
+    rows = (tmp_path / "smoke" / "design-table1" / "results.csv").read_text().splitlines()
+    searched = [r for r in rows if ",searched," in r]
+    assert searched and not any("pending" in r for r in searched)
+    assert "Search cost" in reports[0].read_text()

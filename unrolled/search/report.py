@@ -84,9 +84,11 @@ def draw(freq: list[list[float]], neurons: list[dict], out: Path) -> list[Path]:
 
 
 def contenders(arch: dict) -> list[tuple[str, dict]]:
-    """The searched architecture and the paper's baselines in its parameterisation (same K, injection)."""
+    """The searched architecture (and its connectivity with soft neurons only, ``searched-soft``, when it
+    chose other neurons) and the paper's baselines in its parameterisation (same K, injection)."""
     K = arch["K"]
-    return [("searched", arch), ("lista", {**arch, "gates": lista_gates(K), "neurons": "soft"}),
+    soft = [("searched-soft", {**arch, "neurons": "soft"})] if set(arch["neurons"].split(",")) != {"soft"} else []
+    return [("searched", arch), *soft, ("lista", {**arch, "gates": lista_gates(K), "neurons": "soft"}),
             ("lfista", {**arch, "gates": lfista_gates(K), "neurons": "soft"}),
             ("dense-lista", {**arch, "gates": dense_gates(K), "neurons": "soft"})]
 

@@ -25,7 +25,7 @@ from ..problem import Problem
 from ..repro import report as repro_report
 from ..repro.config import CONFIG_DIR, ModelEntry, load, tomllib
 from .report import write_report
-from .space import Space, load_arch
+from .space import Space, describe, load_arch
 from .storage import open_storage
 from .study import create_or_join, launch, settings_for
 
@@ -80,8 +80,10 @@ def run(budget: str = "quick", out_root: str | Path = "runs/repro", workers: int
         fields = {k: v for k, v in arch.items() if k != "K"}
         exp.models = [ModelEntry("lwa", "searched", {**m.config, **fields}, m.schedule) if m.label == "searched"
                       else m for m in exp.models]
+        cost = [line for line in search_report.read_text().splitlines() if line.startswith("Search cost")]
         exp.notes += (f"\nThe searched column: the average architecture of `unrolled repro design-search --budget "
-                      f"{budget}` ({search_report}), re-trained here with the table's recipe and budget.")
+                      f"{budget}` ({search_report}; {describe(arch)}), re-trained here with the table's recipe and "
+                      f"budget. {' '.join(cost)}")
         b = exp.budget(budget)
         out = root / name
         rows = repro.Runner(exp, b, out, torch.device(device), log).run()
