@@ -139,6 +139,15 @@ def evaluate(problem, decoders: dict, p: dict, log=print) -> list[dict]:
     return rows
 
 
+def _nominal(problem, model: str, samples: int, lr: float, K: int, runs: Path, log):
+    """``model`` trained end-to-end on the nominal matrix in ``runs/<model>-nominal`` (a finished run is loaded
+    as it was, even if the model's config has gained fields since)."""
+    rd = runs / f"{model}-nominal"
+    if (rd / "result.json").exists():
+        return api.load(rd).model
+    return api.train(problem, model, {"K": K}, "end-to-end", samples, rd, lr=lr, resume=True, log=log).model
+
+
 def train_all(problem, p: dict, log=print) -> dict:
     """The trainings of the experiment (each resumable under ``runs``); label -> trained model."""
     runs, K = Path(p["runs"]), p["K"]
@@ -146,17 +155,14 @@ def train_all(problem, p: dict, log=print) -> dict:
     common = dict(sigmas=sigmas, matrices=p["abs"], signals=p["xbs"], eval_every=p["eval_every"],
                   val_matrices=min(8, p["val_matrices"]), val_signals=min(64, p["val_signals"]))
     out = {}
-    nominal = api.train(problem, "alista", {"K": K}, "end-to-end", p["alista_samples"], runs / "alista-nominal",
-                        lr=p["alista_lr"], resume=True, log=log)
-    out["naive ALISTA"] = nominal.model.double()
+    out["naive ALISTA"] = _nominal(problem, "alista", p["alista_samples"], p["alista_lr"], K, runs, log).double()
     aug = build("alista", problem, {"K": K})
     out["augmented ALISTA"] = train_perturbed(
         aug, problem, RobustOptions(task="augment", steps=p["augment_steps"], lr=p["augment_lr"], **common),
         runs / "augment-alista", init=[runs / "alista-nominal"], log=log).double()
     init = []
     if p["tilista_samples"]:
-        api.train(problem, "tilista", {"K": K}, "end-to-end", p["tilista_samples"], runs / "tilista-nominal",
-                  lr=p["tilista_lr"], resume=True, log=log)
+        _nominal(problem, "tilista", p["tilista_samples"], p["tilista_lr"], K, runs, log)
         init = [runs / "tilista-nominal"]
     til = build("tilista", problem, {"K": K})
     out["augmented TiLISTA"] = train_perturbed(
