@@ -29,10 +29,10 @@ def add_data_options(p: argparse.ArgumentParser) -> tuple[str, ...]:
                    "without --train-x: unsupervised training with --loss lasso (validated on the Lasso objective)")
     g.add_argument("--val-x", metavar="FILE", help="validation signals (default: split off the training pool)")
     g.add_argument("--val-y", metavar="FILE", help="validation measurements (with --val-x, or alone with --train-y)")
-    g.add_argument("--val-fraction", type=positive, default=None,
+    g.add_argument("--val-fraction", type=positive, default=None, metavar="F",
                    help="share of the pool held out for validation, by a seeded permutation (default 0.1 for "
                         "files; a --pool validates on the problem's own validation set)")
-    g.add_argument("--pool", type=positive_int, default=None,
+    g.add_argument("--pool", type=positive_int, default=None, metavar="N",
                    help="train on a fixed pool of N samples generated from the problem, reshuffled every epoch")
     return SETTINGS
 
@@ -134,9 +134,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pp.add_argument("run", help="a finished run directory")
     pp.add_argument("--y", required=True, metavar="FILE",
                     help="measurements (.npy/.npz/.mat), samples x m or m x samples; x_hat keeps the orientation")
-    pp.add_argument("--key", default=None, help="array name inside an .npz/.mat file (default y or Y, or the only one)")
+    pp.add_argument("--key", default=None, metavar="NAME",
+                    help="array name inside an .npz/.mat file (default y or Y, or the only one)")
     pp.add_argument("--out", required=True, metavar="XHAT", help="output: .npy, .npz or .mat (scipy.io.savemat)")
-    pp.add_argument("--out-key", default="x_hat", help="variable name in an .npz/.mat output (default %(default)s)")
+    pp.add_argument("--out-key", default="x_hat", metavar="NAME",
+                    help="variable name in an .npz/.mat output (default %(default)s)")
     pp.add_argument("--device", type=device_arg, default=torch.device("cpu"))
     pp.set_defaults(func=cmd_predict)
 
