@@ -160,12 +160,14 @@ def objective(study_settings: Settings, problem: Problem, journal: bool, heartbe
                 raise optuna.TrialPruned(f"pruned at step {step}: validation {val:.2f} dB")
 
         start = time.perf_counter()
-        if journal:
-            with Lease(trial, heartbeat):
+        try:
+            if journal:
+                with Lease(trial, heartbeat):
+                    val, result = train_candidate(problem, arch, study_settings, report)
+            else:
                 val, result = train_candidate(problem, arch, study_settings, report)
-        else:
-            val, result = train_candidate(problem, arch, study_settings, report)
-        trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
+        finally:  # a pruned candidate's training time counts in the search cost too
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 2))
         trial.set_user_attr("samples", result.result.get("samples", study_settings.samples))
         if not math.isfinite(val):
             raise UsageError(f"candidate {trial.number} reached a non-finite validation NMSE")
