@@ -6,11 +6,12 @@ the :class:`Run` they return, and the analytic weights of ALISTA. Models are bui
 with :func:`unrolled.models.build`; the registry is :data:`unrolled.models.MODELS`.
 """
 
+from . import pretrained  # callable: unrolled.pretrained(NAME) is a shipped, trained Run
 from .analytic import AnalyticW, analytic_weights, coherence
 from .api import Run, evaluate, load, resume, train
 from .errors import UsageError
 from .problem import Problem, ProblemSpec
 
 __all__ = ["AnalyticW", "Problem", "ProblemSpec", "Run", "UsageError", "analytic_weights", "coherence", "evaluate",
-           "load", "resume", "train"]
+           "load", "pretrained", "resume", "train"]
 __version__ = "0.1.0"

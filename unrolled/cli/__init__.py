@@ -15,10 +15,10 @@ import warnings
 from .. import ops
 from ..cpu import keep_freed_memory
 from ..errors import UsageError
-from . import data, demo, images, problem, repro, search, train
+from . import data, demo, images, pretrained, problem, repro, search, train
 from .args import Parser
 
-COMMANDS = (problem, train, data, demo, repro, images, search)
+COMMANDS = (problem, train, data, demo, repro, images, search, pretrained)
 
 
 def version() -> str:
