@@ -139,3 +139,13 @@ def test_vectors_above_0db_are_counted_and_a_diverged_method_shows_no_number():
     assert "diverged" in table.splitlines()[3] and "diverged" in table.splitlines()[4]
     assert "0.00" in table.splitlines()[2] and "m: diverged at iteration 1" in table
     assert E.diverged_from("at iteration 12 (1 of 5 signals)") == 12 and E.diverged_from("") is None
+
+
+def test_test_x_in_user_units_is_mapped_to_the_problem_units(tmp_path):
+    """A signal file is in the user's units: on unnormalised columns it is scaled like the problem's A."""
+    p = Problem(ProblemSpec(m=20, n=40, p=0.1, col_spread=10.0, val_size=50, test_size=30, seed=4))
+    assert p.scale is not None
+    x, _ = p.test(30, D)
+    np.save(tmp_path / "x.npy", p.to_user(x).numpy())
+    x_file, _ = E.evaluation_set(p, "test", str(tmp_path / "x.npy"))
+    assert torch.allclose(x_file, x, rtol=1e-12, atol=0)

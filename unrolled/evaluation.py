@@ -165,7 +165,8 @@ def evaluation_set(problem: Problem, split: str = "test", test_x: str | None = N
     if test_x:
         from .io import load_signals
 
-        x = torch.from_numpy(load_signals(test_x, problem.n))
+        # the file is in the user's units; the problem (and its model) in unit-norm-column units
+        x = problem.from_user(torch.from_numpy(load_signals(test_x, problem.n)))
         if size:
             x = x[:size]
         y = problem.measure(x, _stream(problem.spec.seed, 2), evaluation_snr(problem, snr),
