@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 
 from .. import api, metrics, perturbed, solvers
-from ..analytic import closed_form
 from ..models import build
 from ..training.robust import RobustOptions, train_perturbed
 
@@ -47,7 +46,7 @@ DEFAULTS = dict(K=16, sigmas=list(perturbed.SIGMAS), test_snrs=[40], matrices=10
                 tilista_samples=300_000, tilista_lr=1e-3, encoder_sigma=0.01, encoder_steps=200,
                 encoder_matrices=16, encoder_lr=1e-4, psigma_max=0.02, psteps=5, abs=4, xbs=16, joint_steps=150,
                 joint_lr=1e-4, joint_encoder_lr=1e-9, augment_steps=1000, augment_tilista_steps=0, augment_lr=1e-4,
-                eval_every=25)  # augment_tilista_steps = 0: augment_steps
+                eval_every=25, fista_val_matrices=20, fista_val_signals=50)  # augment_tilista_steps = 0: augment_steps
 ESTIMATORS = ("naive ALISTA", "ALISTA, Ã + nominal W", "ALISTA, closed-form W(Ã)", "robust ALISTA",
               "closed-form W(Ã), robust's decoder",
               "augmented ALISTA", "augmented TiLISTA", "FISTA on Ã", "oracle on Ã")
@@ -95,7 +94,7 @@ def evaluate(problem, decoders: dict, p: dict, log=print) -> list[dict]:
         sets = {snr: perturbed.fixed_set(problem, "test", sigma, p["matrices"], p["signals"], snr) for snr in snrs}
         A = sets[math.inf].A
         start = time.perf_counter()
-        W_cf = torch.stack([closed_form(a)[0] for a in A])
+        W_cf = perturbed.closed_form_batch(A)  # = analytic.closed_form per matrix (tests/test_robust.py)
         cf_seconds = (time.perf_counter() - start) / len(A)
         W_rob = None
         if "robust ALISTA" in decoders:
@@ -122,7 +121,7 @@ def evaluate(problem, decoders: dict, p: dict, log=print) -> list[dict]:
                     out["robust ALISTA"] = rob.decode(b.y.to(dt), A.to(dt), W_rob)
                     out["closed-form W(Ã), robust's decoder"] = rob.double().decode(b.y, A, W_cf)
                     rob.to(dt)
-                val = perturbed.fixed_set(problem, "val", sigma, p["val_matrices"], p["val_signals"], snr)
+                val = perturbed.fixed_set(problem, "val", sigma, p["fista_val_matrices"], p["fista_val_signals"], snr)
                 lam = tune_fista(val, K)
                 out["FISTA on Ã"] = _fista(b, lam, K, torch.linalg.matrix_norm(A, ord=2) ** 2)
                 out["oracle on Ã"] = oracle(b, snr)
