@@ -285,7 +285,8 @@ def test_postgres_workers_heartbeat_and_requeue(tmp_path):
         failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
         assert [t.number for t in failed] == [running[0].number]
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        assert len(done) == 3
+        assert 3 <= len(done) <= 4  # two workers starting their last trials together may add one
+        assert Counter(t.system_attrs.get("failed_trial", t.number) for t in done).most_common(1)[0][1] == 1
         retried = [t for t in done if t.system_attrs.get("failed_trial") == running[0].number]
         assert len(retried) == 1 and retried[0].params == running[0].params
     finally:

@@ -186,7 +186,9 @@ def counts(study: optuna.Study) -> dict[str, int]:
 def work(name: str, storage_url: str, index: int = 0, threads: int = 1, log=print,
          heartbeat: int = HEARTBEAT_S, grace: int = GRACE_S) -> int:
     """One worker: run trials of study ``name`` until it has its number of completed candidates
-    (pruned ones count: they were decided); the number of trials this worker finished.
+    (pruned ones count: they were decided); the number of trials this worker finished. N workers
+    that start their last trials at the same moment may finish up to N - 1 candidates beyond the
+    target (as Optuna's ``MaxTrialsCallback``); none is trained twice.
     ``heartbeat``/``grace``: seconds between heartbeats and before a silent trial is stale."""
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
