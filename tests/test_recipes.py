@@ -22,12 +22,14 @@ def problem(**kw) -> ur.Problem:
     return ur.Problem(ur.ProblemSpec(**{**base, **kw}))
 
 
-def test_gamma0_is_one_over_rho_and_rho_is_the_spectral_radius():
+def test_gamma0_is_derived_from_rho_and_rho_is_the_spectral_radius():
     p = problem()
     net = build("alista", p, dict(K=4), torch.float64)
     rho = max(abs(np.linalg.eigvals(net.W.numpy().T @ p.A.numpy())))
     assert net.rho == pytest.approx(rho, rel=1e-10) and rho > 3  # n/m = 4: rho >= 4 (docs/spec.md §6.5)
-    assert all(float(layer.gamma.detach()) == pytest.approx(1 / rho) for layer in net.layers)
+    assert all(float(layer.gamma.detach()) == pytest.approx(min(1.0, STEP_MARGIN / rho)) for layer in net.layers)
+    at = build("alista-at", p, dict(K=2))
+    assert float(at.layers[0].gamma.detach()) == pytest.approx(min(0.5, STEP_MARGIN / rho))
     assert float(build("alista", p, dict(K=2, gamma0=0.7)).layers[0].gamma) == pytest.approx(0.7)
     assert spectral_radius(net.W, p.A) == net.rho
 

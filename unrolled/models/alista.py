@@ -1,13 +1,14 @@
 """ALISTA and its thresholding variants: analytic W, a few learned scalars per layer.
 
 * ``alista`` (Liu et al., ICLR 2019): ``x <- ss(x + gamma_t W^T (y - A x), theta_t)``, W from
-  docs/spec.md §4, ``gamma = 1 / rho(W^T A)``, ``theta = lam / (1.001 L)`` at initialisation.
+  docs/spec.md §4, ``gamma = min(1, 1.9 / rho(W^T A))``, ``theta = lam / (1.001 L)`` at initialisation.
 
 Initial step (docs/spec.md §6.5, §11): the linear part ``I - gamma W^T A`` is stable iff
-``gamma rho(W^T A) < 2``; ``gamma0 = None`` (the default) starts at ``1 / rho``, the middle of
-that range, on any matrix (rho = 2.15 at 250x500, 4.3-4.9 on partial-DCT or kappa = 100
-matrices, where the old constant 1 diverged). A number pins it (the papers' and repro
-configs' 1 or 0.5). AGLISTA's learned steps are clamped to ``STEP_MARGIN / rho`` (``bound``).
+``gamma rho(W^T A) < 2``; ``gamma0 = None`` (the default) starts at ``min(1, 1.9 / rho)`` (0.5
+instead of 1 for ALISTA-AT and AGLISTA, their papers' value): the Newton step on a sparse
+support where that is stable, 5 % inside the range elsewhere (rho = 2.15 at 250x500, 4-4.9 on
+partial-DCT or kappa = 100 matrices, where the old constant 1 diverged). A number pins it.
+AGLISTA's learned steps are clamped to ``STEP_MARGIN / rho`` (``bound``).
 * ``alista-at`` (adaptive thresholds, Kim & Park 2020 as in the NA-ALISTA code): the same
   step with per-entry ``theta_{t,i} = theta_t / (|x_i| / eps + 1)`` from the current iterate.
 * ``aglista`` (Wu et al., ICLR 2020): gain gate ``g = 1 + theta_{t-1} nu_t exp(-v_t |x|)``,
@@ -40,13 +41,14 @@ def spectral_radius(W: Tensor, A: Tensor) -> float:
 class AlistaConfig(Config):
     ss: Selection = selection("percentage")
     weights: str = "closed-form"  # closed-form | pgd  (analytic W, docs/spec.md §4)
-    gamma0: float | None = None  # None: 1 / rho(W^T A), the middle of the stable range (docs/spec.md §6.5)
+    gamma0: float | None = None  # None: min(1, 1.9 / rho(W^T A)), inside the stable range (docs/spec.md §6.5)
     theta0: float | None = None  # None: lam / (1.001 L)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         choice(self.weights, METHODS, "weights method")
-        check(self.gamma0 is None or self.gamma0 > 0, f"gamma0={self.gamma0} must be > 0 (or None: 1 / rho(W^T A))")
+        check(self.gamma0 is None or self.gamma0 > 0,
+              f"gamma0={self.gamma0} must be > 0 (or None: derived from rho(W^T A))")
 
 
 class AnalyticNet(UnrolledNet):
@@ -60,10 +62,14 @@ class AnalyticNet(UnrolledNet):
         self.register_buffer("W", analytic_weights(problem.A, config.weights).W.clone())
         self.rho = spectral_radius(self.W, self.A)
 
+    gamma_cap: float = 1.0  # the derived initial step is min(gamma_cap, STEP_MARGIN / rho)
+
     def gamma0(self) -> float:
-        """The initial step: ``config.gamma0``, or ``1 / rho(W^T A)`` where it is ``None``."""
+        """The initial step: ``config.gamma0``, or where it is ``None`` ``min(gamma_cap, 1.9 / rho(W^T A))``:
+        1 is the Newton step on a sparse support (``diag(W^T A) = 1``, so ``(W^T A)_SS ~ I``), and
+        ``1.9 / rho`` keeps the whole linear part inside its stable range ``gamma rho < 2``."""
         g = getattr(self.config, "gamma0", None)
-        return 1 / self.rho if g is None else g
+        return min(self.gamma_cap, STEP_MARGIN / self.rho) if g is None else g
 
     def theta0(self) -> float:
         c = self.config
@@ -99,6 +105,7 @@ class ALISTA_AT(ALISTA):
     """ALISTA with per-entry thresholds ``theta_t / (|x_i| / eps + 1)``."""
 
     Config = AlistaATConfig
+    gamma_cap = 0.5  # the papers' initial step, kept wherever it is stable
 
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         p = self.layers[t - 1]
@@ -120,6 +127,7 @@ class AGLISTA(AnalyticNet):
     """ALISTA with gain and overshoot gates (per layer gamma, theta, nu, v, a; shared theta_init)."""
 
     Config = AglistaConfig
+    gamma_cap = 0.5  # the papers' initial step, kept wherever it is stable
     reduces_to = "AGLISTA's gated iteration with the initial constants (gamma0, theta0, nu0, v0, a0, theta_init)"
 
     def __init__(self, problem, config: AglistaConfig) -> None:
