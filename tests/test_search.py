@@ -192,6 +192,8 @@ def test_two_worker_processes_share_one_journal(tmp_path):
     assert all(np.isfinite(t.value) and t.user_attrs["seconds"] > 0 for t in decided if t.value is not None)
     with pytest.raises(UsageError, match="other settings"):
         S.create_or_join("s", open_storage(url), None, {"samples": 128})
+    with pytest.raises(UsageError, match="no study 'nope'.*there are: s"):
+        S.load_study("nope", open_storage(url))
 
 
 def test_sigkilled_workers_lose_only_their_trial_and_resume_exactly(tmp_path):

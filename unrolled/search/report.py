@@ -20,12 +20,13 @@ import torch
 from optuna.trial import TrialState
 
 from .. import api
+from ..errors import check
 from ..io import write_text
 from ..metrics import nmse_db
 from ..models.design_space import NEURONS, dense_gates, extra_connections, lfista_gates, lista_gates
 from .space import average_arch, describe, gate_frequency, neuron_counts, save_arch
 from .storage import open_storage
-from .study import Settings, counts, stored_settings
+from .study import Settings, counts, load_study, stored_settings
 
 
 def _csv(path: Path, rows: list[dict]) -> None:
@@ -121,8 +122,10 @@ def compare(arch: dict, settings: Settings, samples: int, out: Path, threads: in
 
 def write_report(names: list[str], storage_url: str, out: Path, top: int = 50, retrain: int = 0,
                  threads: int = 1, log=print) -> Path:
+    check("://" in storage_url or Path(storage_url).exists(),
+          f"--storage {storage_url} does not exist; give the journal file the search wrote")
     storage = open_storage(storage_url)
-    studies = [optuna.load_study(study_name=n, storage=storage) for n in names]
+    studies = [load_study(n, storage) for n in names]
     best = top_trials(studies, top)
     out.mkdir(parents=True, exist_ok=True)
     archs = [a for _, _, a in best]

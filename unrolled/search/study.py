@@ -92,6 +92,15 @@ def stored_settings(study: optuna.Study) -> Settings:
     return Settings(**rec)
 
 
+def load_study(name: str, storage) -> optuna.Study:
+    """Study ``name`` of ``storage``; a missing one fails in one line naming those there are."""
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        raise UsageError(f"no study {name!r} in this storage; there are: {', '.join(names) or 'none'}") from None
+
+
 def create_or_join(name: str, storage, settings: Settings | None, given: dict | None = None) -> optuna.Study:
     """Open study ``name``; create it with ``settings`` when new. Joining, the ``given`` settings
     (those set on the command line) must equal the stored ones."""
@@ -193,7 +202,7 @@ def work(name: str, storage_url: str, index: int = 0, threads: int = 1, log=prin
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(storage_url, heartbeat, grace)
-    study = optuna.load_study(study_name=name, storage=storage)
+    study = load_study(name, storage)
     s = stored_settings(study)
     problem = s.make_problem()
     seed = s.seed * 7919 + len(study.get_trials(deepcopy=False)) * 101 + index  # new draws after a restart
