@@ -1,9 +1,9 @@
 """The matrix suite's table and goal row (issue 20) from a results.csv of ``unrolled repro matrix-suite``.
 
-Per matrix and SNR: the final-layer NMSE (K = 16) of every method, "div k" where a fixed network diverged (its
-median first iteration), "—" where a method did not run (declined, or no training finished); then the best
-learned network, its gap to VAMP and to the oracle floor, and whether the goal holds: best learned <= VAMP and
-within 1 dB of the oracle at 40 dB. Never a number that is not in the table.
+Per matrix and SNR: the final-layer NMSE (K = 16) of every method, "div k: N/M" where a fixed network diverged
+on N of the M test signals (k: their median first iteration), "—" where a method did not run (declined, or no
+training finished); then the best learned network, its gap to VAMP and to the oracle floor, and whether the goal
+holds: best learned <= VAMP and within 1 dB of the oracle at 40 dB. Never a number that is not in the table.
 
     .venv/bin/python benchmarks/matrix_suite_table.py runs/repro/quick/matrix-suite/results.csv [--budget quick]
 
@@ -26,8 +26,8 @@ def value(rows: list[dict], cell: str, method: str, K: int) -> tuple[float | Non
     hit = [r for r in rows if r.get("cell") == cell and r["method"] == method and str(r["layer"]) in (str(K), "")]
     if not hit or hit[0].get("nmse_db") in (None, ""):
         return None, ""
-    div = re.match(r"at iteration (\d+)", hit[0].get("diverged") or "")
-    return float(hit[0]["nmse_db"]), f" (div {div.group(1)})" if div else ""
+    div = re.match(r"at iteration (\d+) \((\d+) of (\d+)", hit[0].get("diverged") or "")
+    return float(hit[0]["nmse_db"]), f" (div {div.group(1)}: {div.group(2)}/{div.group(3)})" if div else ""
 
 
 def main() -> None:
