@@ -153,6 +153,15 @@ def test_evolution_children_are_one_mutation_from_the_population():
         assert 1 in diffs
 
 
+@pytest.mark.parametrize("name", SM.SAMPLERS)
+def test_every_sampler_decides_every_decision(name):
+    space = Space(5, injections=("lwa", "naive"))
+    study = optuna.create_study(direction="maximize", sampler=SM.make_sampler(name, space, 0, population=3))
+    study.optimize(lambda t: float(space.suggest(t)["neurons"].count("soft")), n_trials=8)
+    assert all(set(t.params) == set(space.distributions()) for t in study.trials)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) > 1
+
+
 def test_controller_update_raises_the_probability_of_a_rewarded_decision():
     ctl = SM.Controller([2, 3, 2], lr=0.05, seed=0)
     good, bad = [1, 2, 0], [0, 0, 1]
