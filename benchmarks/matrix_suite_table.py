@@ -6,8 +6,11 @@ training finished); then the best learned network, its gap to VAMP and to the or
 holds: best learned <= VAMP and within 1 dB of the oracle at 40 dB. Never a number that is not in the table.
 
     .venv/bin/python benchmarks/matrix_suite_table.py runs/repro/quick/matrix-suite/results.csv [--budget quick]
+        [--plot FIGURE.png] [--snr 40]
 
-Prints markdown (the table, then the cells where the goal is not met, with their gaps).
+Prints markdown (the table, then the cells where the goal is not met, with their gaps); ``--plot`` draws NMSE
+against layer per matrix at ``--snr``, every method with a result and the oracle floor (the repro figure's
+panels cannot pair the baselines, which are per problem, with the matrix label, which is per cell).
 """
 
 from __future__ import annotations
@@ -30,10 +33,39 @@ def value(rows: list[dict], cell: str, method: str, K: int) -> tuple[float | Non
     return float(hit[0]["nmse_db"]), f" (div {div.group(1)}: {div.group(2)}/{div.group(3)})" if div else ""
 
 
+def plot(exp, b, rows: list[dict], path: str, snr: float) -> None:
+    from unrolled.plots import pyplot
+
+    plt = pyplot()
+    cells = [c for c in exp.cells(b) if float(c.params["snr"]) == snr]
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5), dpi=100, squeeze=False)
+    for ax, c in zip(axes.flat, cells):
+        for i, m in enumerate((*BASELINES, *LEARNED)):
+            where = f"{c.problem_key}|classical" if m in BASELINES else f"{c.key}|{m}"
+            pts = sorted((int(r["layer"]), float(r["nmse_db"])) for r in rows if r.get("cell") == where
+                         and r["method"] == m and str(r["layer"]) != "" and r.get("nmse_db") not in (None, ""))
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=m, ls="--" if m in BASELINES else "-", color=f"C{i}")
+        oracle, _ = value(rows, f"{c.problem_key}|classical", "oracle-mmse", b.K)
+        if oracle is not None:
+            ax.axhline(oracle, color="grey", ls=":", label=f"oracle {oracle:.1f}")
+        ax.set_title(f"{c.tags.get('row', c.key)}, {snr:g} dB", fontsize=9)
+        ax.set_xlabel("layer / iteration k", fontsize=8)
+        ax.set_ylabel("NMSE (dB)", fontsize=8)
+        ax.set_ylim(max(-50, ax.get_ylim()[0]), min(12, ax.get_ylim()[1]))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"matrix suite ({b.name} budget): NMSE per layer, K = {b.K}")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results")
     ap.add_argument("--budget", default="quick")
+    ap.add_argument("--plot", help="write the NMSE-per-layer figure (one panel per matrix) here")
+    ap.add_argument("--snr", type=float, default=40.0, help="--plot: the SNR whose cells are drawn")
     a = ap.parse_args()
     exp = load("matrix-suite")
     b = exp.budget(a.budget)
@@ -68,6 +100,8 @@ def main() -> None:
                              f"(gap {dv:+.2f} dB){tail}")
         lines.append(f"| {row} | {snr} | " + " | ".join(cells) + f" | {'—' if oracle is None else f'{oracle:.2f}'} | "
                      f"{best or '—'} {'' if best is None else f'{learned[best]:.2f}'} | {gv} | {go} | {goal} |")
+    if a.plot:
+        plot(exp, b, rows, a.plot, a.snr)
     print("\n".join(lines))
     print("\nCells where the goal (best learned <= VAMP, and within 1 dB of the oracle at 40 dB) is not met:\n")
     print("\n".join(unmet) if unmet else "- none among the cells with a result")
