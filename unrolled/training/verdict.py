@@ -24,7 +24,8 @@ FISTA_SIZE = 1000  # validation vectors FISTA's lambda is tuned and scored on
 
 def _supervised(trainer) -> bool:
     decoded = getattr(trainer.problem, "decode", None) is not None  # patch CS: the NMSE of D x, not of x
-    return trainer.x_val is not None and trainer.opt.loss != "lasso" and not decoded
+    matrix = trainer.model.A.dim() == 2  # a convolutional problem's A holds filters (unrolled/images/conv.py)
+    return trainer.x_val is not None and trainer.opt.loss != "lasso" and not decoded and matrix
 
 
 def _val_db(trainer, depth: int) -> float:
