@@ -35,9 +35,9 @@ def test_gamma0_is_derived_from_rho_and_rho_is_the_spectral_radius():
 
 
 @pytest.mark.parametrize("head", ["paper", "reference"])
-def test_na_alista_steps_are_bounded_unless_bound_false(head):
+def test_na_alista_steps_are_bounded_with_bound_true(head):
     p = problem()
-    net = build("na-alista", p, dict(K=3, head=head), torch.float64)
+    net = build("na-alista", p, dict(K=3, head=head, bound=True), torch.float64)
     with torch.no_grad():
         for layer in [mod for mod in net.head.modules() if isinstance(mod, torch.nn.Linear)][-1:]:
             layer.weight.fill_(5.0)  # outputs far beyond the stable range
@@ -51,14 +51,14 @@ def test_na_alista_steps_are_bounded_unless_bound_false(head):
         _, features = ops.residual_features(x, y, net.A, net.W, net.config.inputs, net.feature_scale)
         gamma, _ = net.thresholds(1, features, ctx)
     assert float(gamma.max()) == pytest.approx(STEP_MARGIN / net.rho)
-    free = build("na-alista", p, dict(K=3, head=head, bound=False), torch.float64)
+    free = build("na-alista", p, dict(K=3, head=head), torch.float64)  # the default: the reference head's range
     assert free.step_max is None
 
 
 def test_aglista_steps_are_clamped():
-    net = build("aglista", problem(), dict(K=2, gamma0=10.0), torch.float64)
+    net = build("aglista", problem(), dict(K=2, gamma0=10.0, bound=True), torch.float64)
     assert float(net.bounded(net.layers[0].gamma)) == pytest.approx(STEP_MARGIN / net.rho)
-    assert build("aglista", problem(), dict(K=2, bound=False)).step_max is None
+    assert build("aglista", problem(), dict(K=2)).step_max is None
 
 
 def test_recipe_table_and_reproduction_pins():

@@ -5,9 +5,9 @@ option: the schedule, its base learning rate, the batch, the sample budget and t
 fields that differ from the model's own defaults. ``ur.train`` fills the same values where it
 is given ``None``; ``unrolled demo`` trains its two models with their recipes at the smaller
 ``demo_budget``. The initialisations a recipe relies on are derived from the problem by the
-models themselves (docs/spec.md §6.5, §11.7): ALISTA's ``gamma0 = min(1, 1.9 / rho(W^T A))``, bounded
-NA-ALISTA and AGLISTA steps, the LISTA family's ``1 / (1.001 L)``, count-form support selection
-from the expected sparsity ``s = p n``.
+models themselves (docs/spec.md §6.5, §11.7): ALISTA's ``gamma0 = min(1, 1.9 / rho(W^T A))``
+(``bound=True`` also clamps NA-ALISTA's and AGLISTA's steps; not a default), the LISTA family's
+``1 / (1.001 L)``, count-form support selection from the expected sparsity ``s = p n``.
 
 Where the values come from (docs/results.md): ALISTA and NA-ALISTA end to end with count-form
 selection and the ``|z| > theta`` condition are the demo's settings, measured on the standard

@@ -8,7 +8,7 @@ Initial step (docs/spec.md §6.5, §11): the linear part ``I - gamma W^T A`` is 
 instead of 1 for ALISTA-AT and AGLISTA, their papers' value): the Newton step on a sparse
 support where that is stable, 5 % inside the range elsewhere (rho = 2.15 at 250x500, 4-4.9 on
 partial-DCT or kappa = 100 matrices, where the old constant 1 diverged). A number pins it.
-AGLISTA's learned steps are clamped to ``STEP_MARGIN / rho`` (``bound``).
+``bound=True`` clamps AGLISTA's learned steps to ``STEP_MARGIN / rho`` (an option, see NA-ALISTA).
 * ``alista-at`` (adaptive thresholds, Kim & Park 2020 as in the NA-ALISTA code): the same
   step with per-entry ``theta_{t,i} = theta_t / (|x_i| / eps + 1)`` from the current iterate.
 * ``aglista`` (Wu et al., ICLR 2020): gain gate ``g = 1 + theta_{t-1} nu_t exp(-v_t |x|)``,
@@ -119,7 +119,7 @@ class AglistaConfig(AlistaConfig):
     v0: float = 1.0
     nu0: float = 0.05
     theta_init: float = 1.0
-    bound: bool = True  # steps clamped to STEP_MARGIN / rho(W^T A); False: unbounded, as the reference code
+    bound: bool = False  # True: steps clamped to STEP_MARGIN / rho(W^T A) (off by default, as NA-ALISTA's)
 
 
 @register("aglista")
