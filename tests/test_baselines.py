@@ -197,3 +197,12 @@ def test_eval_with_new_baselines_and_a_confidence_interval(tmp_path, capsys):
     assert header.split() == ["layer", "alista", "omp"]
     assert "converged lasso-cd:" in out and "95 % bootstrap interval of alista at layer 3: [" in out
     assert main(["eval", str(tmp_path / "run"), "--ci", "1.5"]) == 2
+
+
+def test_lasso_refuses_or_marks_a_lambda_that_does_not_converge():
+    pytest.importorskip("sklearn")
+    A, x, y = sparse_case(m=31, noise=1e-2)
+    with pytest.raises(UsageError, match="did not converge"):
+        B.lasso_cd(A, y, 1e-9, max_iter=50)
+    sols = B.lasso_cd(A, y, [0.5, 1e-9], max_iter=50, strict=False)  # tuning leaves such a lambda out
+    assert sols[0] is not None and sols[1] is None

@@ -110,10 +110,11 @@ def omp(A: Tensor, y: Tensor, iters: int) -> Iterator[Tensor]:
 
 
 def lasso_cd(A: Tensor, y: Tensor, lam: float | list[float], tol: float = 1e-10,
-             max_iter: int = 100_000) -> Tensor | list[Tensor]:
+             max_iter: int = 100_000, strict: bool = True) -> Tensor | list[Tensor | None]:
     """The converged Lasso ``argmin 1/2 ||y - A x||^2 + lam ||x||_1`` of every row of ``y`` (scikit-learn's
     coordinate descent on the Gram matrix, duality gap below ``tol``). A list of ``lam`` gives the solutions
-    along it, warm-started from the largest; a solve that stops on ``max_iter`` is refused."""
+    along it, warm-started from the largest; a solve that stops on ``max_iter`` is refused (``strict``) or
+    gives ``None`` for that lambda and the smaller ones."""
     linear_model = require("sklearn.linear_model", extra="baselines", feature="the converged Lasso (lasso-cd)")
     from sklearn.exceptions import ConvergenceWarning
 
@@ -122,7 +123,7 @@ def lasso_cd(A: Tensor, y: Tensor, lam: float | list[float], tol: float = 1e-10,
     m = An.shape[0]
     est = linear_model.Lasso(alpha=1.0, fit_intercept=False, precompute=np.ascontiguousarray(An.T @ An), tol=tol,
                              max_iter=max_iter, warm_start=True, selection="cyclic")
-    out: dict[float, Tensor] = {}
+    out: dict[float, Tensor | None] = dict.fromkeys(lams)
     for la in sorted(lams, reverse=True):
         check(math.isfinite(la) and la > 0, f"Lasso lambda must be positive and finite, got {la}")
         est.set_params(alpha=la / m)
@@ -131,8 +132,9 @@ def lasso_cd(A: Tensor, y: Tensor, lam: float | list[float], tol: float = 1e-10,
             try:
                 est.fit(An, Y)
             except ConvergenceWarning:
-                check(False, f"the Lasso at lambda={la:.3g} did not converge in {max_iter:,} sweeps; "
-                             f"give a larger lambda")
+                check(not strict, f"the Lasso at lambda={la:.3g} did not converge in {max_iter:,} sweeps; "
+                                  f"give a larger lambda")
+                break
         out[la] = torch.from_numpy(est.coef_.reshape(y.shape[0], -1).copy()).to(y.dtype)
     sols = [out[la] for la in lams]
     return sols[0] if isinstance(lam, (int, float)) else sols
@@ -142,10 +144,12 @@ def tune_lasso(A: Tensor, x_val: Tensor, y_val: Tensor,
                grid: list[float] | None = None) -> tuple[float, list[tuple[float, float]]]:
     """The lambda whose converged Lasso has the lowest validation NMSE: a coarse grid (1e-4 .. 1), refined
     once around its optimum (factor 10^(1/8)). Returns ``(lam, [(lam_i, nmse_db_i), ...])``."""
-    def scores(lams):
-        return [(la, nmse_curve(iter([xh]), x_val)[0]) for la, xh in zip(lams, lasso_cd(A, y_val, lams))]
+    def scores(lams):  # a lambda too small to converge is left out of the choice
+        sols = lasso_cd(A, y_val, lams, strict=False)
+        return [(la, nmse_curve(iter([xh]), x_val)[0]) for la, xh in zip(lams, sols) if xh is not None]
 
     table = scores(grid or [10 ** (e / 2) for e in range(-8, 1)])
+    check(bool(table), "the Lasso converged at no lambda of the grid; give larger values")
     best = min(table, key=lambda t: t[1])[0]
     if grid is None:
         table += scores([best * 10 ** (e / 8) for e in (-3, -2, -1, 1, 2, 3)])
