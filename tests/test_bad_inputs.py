@@ -39,6 +39,13 @@ CASES = [
     ("seed-negative-train", [*TRAIN, "--out", "r", "--seed", "-1"], ["--seed"]),
     ("lr-inf", [*TRAIN, "--out", "r", "--lr", "inf"], ["--lr", "finite"]),
     ("lr-zero", [*TRAIN, "--out", "r", "--lr", "0"], ["--lr", "> 0"]),
+    ("lstm-beyond-memory", ["train", "p.npz", "--model", "na-alista", "--out", "r", "--set", "H=10000000"],
+     ["H=10,000,000", "GiB"]),
+    # /proc takes no new files, for root too (permission bits would not stop root): a read-only place
+    ("problem-into-read-only-dir", ["problem", "create", "/proc/unrolled.npz"], ["cannot write into /proc"]),
+    ("solve-into-read-only-dir", ["solve", "p.npz", "--out", "/proc/unrolled.csv"], ["cannot write into /proc"]),
+    ("train-into-read-only-dir", [*TRAIN, "--out", "/proc/unrolled-run"], ["run directory /proc/unrolled-run",
+                                                                           "--out"]),
     ("a-key-not-in-file", ["problem", "create", "o.npz", "--a-file", "keyed.mat", "--a-key", "B"],
      ["no array named 'B'", "Phi"]),
     ("a-key-without-a-file", ["problem", "create", "o.npz", "--a-key", "Phi"], ["--a-key", "--a-file"]),

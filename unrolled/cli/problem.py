@@ -63,9 +63,12 @@ def cmd_solve(a: argparse.Namespace) -> None:
         declined, reason = MODELS[algo].skip(problem)
         check(not declined, f"{algo} cannot serve this problem: {reason}; drop {algo} from --algo")
     x, y = E.evaluation_set(problem, "test", a.test_x, a.test_size, a.snr)
-    # every iteration's estimate is kept for the per-iteration table (float64, with the solver's own copy)
-    check_memory(16 * (a.iters + 1) * len(x) * problem.n, f"--iters {a.iters:,} on {len(x):,} test signals",
-                 f"{a.iters + 1:,} x {len(x):,} x {problem.n:,} estimates")
+    # iterates stream into per-iteration sums (evaluation.LayerStats): a chunk of estimates and its
+    # temporaries at a time, plus one table row per iteration and method (about 1 KiB each)
+    chunk = min(len(x), E.CHUNK)
+    check_memory(8 * 8 * chunk * problem.n + 1024 * (a.iters + 1) * (len(algos) + 1),
+                 f"--iters {a.iters:,} on {len(x):,} test signals",
+                 f"{a.iters + 1:,} table rows per method, chunks of {chunk:,} x {problem.n:,} estimates")
     t0 = time.perf_counter()
     rows = E.baseline_rows(problem, x, y, a.iters, algos, a.lam, a.tune_size)
     seconds = time.perf_counter() - t0
