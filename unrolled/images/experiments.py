@@ -37,8 +37,8 @@ TABLES = {
                    "crops": 16},
     "train": {"samples": 50_000, "lr": 5e-4, "batch": 64, "eval_every": 50, "ratios": [0.1, 0.25, 0.5],
               "samples_per_ratio": {}},
-    "test": {"folder": "", "strides": [16, 8], "fista_iters": [16, 200], "figure": ["Parrots", "barbara"],
-             "conv_fista_iters": 100, "images": []},
+    "test": {"folder": "", "strides": [16, 8], "fista_iters": [16, 200], "fista_iters_per_ratio": {},
+             "figure": ["Parrots", "barbara"], "conv_fista_iters": 100, "images": []},
 }
 
 

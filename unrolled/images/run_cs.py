@@ -17,6 +17,7 @@ import torch
 
 from .. import api, solvers
 from ..io import write_json, write_text
+from ..training.trainer import Diverged
 from . import baselines, cs, data
 from . import dictionary as Dm
 
@@ -69,7 +70,7 @@ def run_cs(exp: dict, out: Path, log=print, docs: Path | None = None) -> Path:
     for ratio in tr["ratios"]:
         prob = cs.PatchCSProblem(D, pool, ratio, exp["seed"])
         xv, yv = prob.validation(torch.float64)
-        for iters in te["fista_iters"]:
+        for iters in te["fista_iters_per_ratio"].get(str(ratio), te["fista_iters"]):
             key = f"{ratio}/fista-{iters}"
             if key not in results:
                 lam = baselines.tune_fista(prob.A, yv, xv, iters, prob.decode)
@@ -90,9 +91,15 @@ def run_cs(exp: dict, out: Path, log=print, docs: Path | None = None) -> Path:
             if key in results:
                 continue
             start = time.time()
-            run = api.train(prob, m["model"], m["config"], budget=samples, lr=tr["lr"], batch=tr["batch"],
-                            eval_every=tr["eval_every"], seed=exp["seed"], out=out / f"r{ratio}" / m["label"],
-                            resume=True, log=lambda s: None)
+            try:
+                run = api.train(prob, m["model"], m["config"], budget=samples, lr=tr["lr"], batch=tr["batch"],
+                                eval_every=tr["eval_every"], seed=exp["seed"], out=out / f"r{ratio}" / m["label"],
+                                resume=True, log=lambda s: None)
+            except Diverged as e:  # a visible flag in the table, never a number
+                results[key] = dict(label=m["label"], model=m["model"], samples=samples, diverged=str(e))
+                write_json(res_file, results)
+                log(f"{key}: diverged ({e})")
+                continue
             recs = {}
             results[key] = dict(label=m["label"], model=m["model"], samples=samples,
                                 seconds=run.result.get("seconds", time.time() - start),
@@ -125,14 +132,14 @@ def report(exp: dict, results: dict, tests: dict, out: Path, docs: Path | None) 
         how = "non-overlapping" if s == exp["data"]["patch"] else f"overlapping, stride {s}, overlaps averaged"
         lines += [f"## Average PSNR (dB) over the {len(tests)} test images: 16x16 patches, {how}; "
                   f"per-patch mean removed and restored (the reference's)", ""]
-        header = ["method"] + [f"{r:.0%}" for r in ratios] + ["paper 50 % (BSD500)", "training samples"]
+        header = ["method"] + [f"{r:.0%}" for r in ratios] + ["paper 50 % (BSD500)", "training samples per ratio"]
         rows = []
         for lab in labels:
             cells = [results.get(f"{r}/{lab}") for r in ratios]
             name = next((c["label"] for c in cells if c), lab)
-            rows.append([name] + [_mean(c, s) if c else "-" for c in cells]
+            rows.append([name] + [("diverged" if "diverged" in c else _mean(c, s)) if c else "-" for c in cells]
                         + [paper.get(lab, {}).get("psnr", "-") if isinstance(paper.get(lab), dict) else "-",
-                           next((f"{c['samples']:,}" for c in cells if c and "samples" in c), "untrained")])
+                           " / ".join(f"{c['samples']:,}" for c in cells if c and "samples" in c) or "untrained"])
         lines += [md_table(header, rows), ""]
     if paper:
         lines += ["Published numbers: " + "; ".join(f"{k} {v['psnr']} dB ({v.get('source', '')})"
@@ -141,7 +148,8 @@ def report(exp: dict, results: dict, tests: dict, out: Path, docs: Path | None) 
     lines += [f"## PSNR (dB) per test image at {r50:.0%}, non-overlapping", ""]
     names_ = list(tests)
     rows = [[results[f"{r50}/{lab}"]["label"]] + [results[f"{r50}/{lab}"]["psnr"][str(strides[0])][n]
-                                                  for n in names_] for lab in labels if f"{r50}/{lab}" in results]
+                                                  for n in names_] for lab in labels
+            if f"{r50}/{lab}" in results and "psnr" in results[f"{r50}/{lab}"]]
     lines += [md_table(["method"] + names_, rows), ""]
     figure = _figure(exp, results, labels, r50, out, docs)
     if figure:
@@ -161,26 +169,27 @@ def _figure(exp: dict, results: dict, labels: list[str], ratio: float, out: Path
         import matplotlib.pyplot as plt
     except ImportError:
         return ""
-    learned = [lab for lab in labels if not lab.startswith("fista") and f"{ratio}/{lab}" in results]
+    learned = [lab for lab in labels if not lab.startswith("fista") and "psnr" in results.get(f"{ratio}/{lab}", {})]
     fista = [lab for lab in labels if lab.startswith("fista") and f"{ratio}/{lab}" in results]
     if not learned or not fista:
         return ""
     best = max(learned, key=lambda lab: _mean(results[f"{ratio}/{lab}"], int(exp["test"]["strides"][0])))
     cols = [("original", None), (results[f"{ratio}/{fista[-1]}"]["label"], fista[-1])]
-    if "alista" in learned and best != "alista":
-        cols.append(("ALISTA", "alista"))
+    alista = next((lab for lab in learned if results[f"{ratio}/{lab}"].get("model") == "alista"), None)
+    if alista and best != alista:
+        cols.append((results[f"{ratio}/{alista}"]["label"], alista))
     cols.append((f"best learned: {results[f'{ratio}/{best}']['label']}", best))
     names_ = [n for n in exp["test"]["figure"] if (out / "png" / f"r{ratio}" / best / f"{n}.png").exists()]
     if not names_:
         return ""
-    from skimage import io
+    iio = data.require("imageio.v3")
     tests = data.test_images(exp["test"]["folder"] or None, tuple(names_))
-    fig, axes = plt.subplots(len(names_), len(cols), figsize=(2.2 * len(cols), 2.4 * len(names_)), squeeze=False)
+    fig, axes = plt.subplots(len(names_), len(cols), figsize=(2.2 * len(cols), 2.7 * len(names_)), squeeze=False)
     for i, n in enumerate(names_):
         im = tests[n]
         r0, c0 = (im.shape[0] - 128) // 2, (im.shape[1] - 128) // 2
         for j, (title, lab) in enumerate(cols):
-            img = im if lab is None else io.imread(out / "png" / f"r{ratio}" / lab / f"{n}.png").astype(float)
+            img = im if lab is None else iio.imread(out / "png" / f"r{ratio}" / lab / f"{n}.png").astype(float)
             ax = axes[i, j]
             ax.imshow(img[r0:r0 + 128, c0:c0 + 128], cmap="gray", vmin=0, vmax=255)
             score = None if lab is None else results[f"{ratio}/{lab}"]["psnr"][str(exp["test"]["strides"][0])][n]

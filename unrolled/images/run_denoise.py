@@ -101,7 +101,7 @@ def run_denoise(exp: dict, out: Path, log=print, docs: Path | None = None) -> Pa
         log(f"{key}: {np.mean(list(results[key]['psnr'].values())):.2f} dB")
 
     cell("noisy", f"noisy input (sigma = {sigma:g})", lambda im: im)
-    cell("wavelet", "wavelet soft thresholding (db8, BayesShrink)", lambda im: baselines.wavelet(im, sigma))
+    cell("wavelet", "wavelet soft thresholding (sym4, 4 levels, BayesShrink)", lambda im: baselines.wavelet(im, sigma))
     if "tv" not in results:
         w = baselines.tune_tv(tune_clean, tune_noisy, sigma)
         cell("tv", f"TV (Chambolle, weight {w:g})", lambda im: baselines.tv(im, sigma, w), weight=w)
@@ -110,18 +110,6 @@ def run_denoise(exp: dict, out: Path, log=print, docs: Path | None = None) -> Pa
         cell("bm3d", "BM3D", lambda im: baselines.bm3d(im, sigma))
     except Exception as e:  # the package is optional: the table says why the row is missing
         results.setdefault("notes", {})["bm3d"] = str(e)
-    iters = int(te["conv_fista_iters"])
-    if "conv-fista" not in results:
-        xv, yv = prob.validation(torch.float64)
-        best = None
-        for lam in (0.003, 0.01, 0.03, 0.1, 0.3):
-            m = build("conv-fista", prob, {"K": iters, "lam": lam}, torch.float64)
-            with torch.no_grad():
-                err = float(((m(yv) - xv) ** 2).sum() / (xv ** 2).sum())
-            best = (err, lam) if best is None or err < best[0] else best
-        fista = build("conv-fista", prob, {"K": iters, "lam": best[1]}, torch.float64)
-        cell("conv-fista", f"conv FISTA ({iters} it., lam {best[1]:g}, same dictionary)",
-             lambda im: denoise_with(fista, im), lam=best[1])
     for m in exp["models"]:
         key = m["label"]
         if key in results:
@@ -140,6 +128,18 @@ def run_denoise(exp: dict, out: Path, log=print, docs: Path | None = None) -> Pa
         cell(key, f"{key} (K = {model.K}, {int(tr['samples']):,} crops)",
              lambda im, model=model: denoise_with(model, im), model=m["model"], samples=int(tr["samples"]),
              train_seconds=seconds)
+    iters = int(te["conv_fista_iters"])
+    if "conv-fista" not in results:
+        xv, yv = prob.validation(torch.float64)
+        best = None
+        for lam in (0.003, 0.01, 0.03, 0.1, 0.3):
+            m = build("conv-fista", prob, {"K": iters, "lam": lam}, torch.float64)
+            with torch.no_grad():
+                err = float(((m(yv) - xv) ** 2).sum() / (xv ** 2).sum())
+            best = (err, lam) if best is None or err < best[0] else best
+        fista = build("conv-fista", prob, {"K": iters, "lam": best[1]}, torch.float64)
+        cell("conv-fista", f"conv FISTA ({iters} it., lam {best[1]:g}, same dictionary)",
+             lambda im: denoise_with(fista, im), lam=best[1])
     return report(exp, results, tests, out, docs)
 
 
@@ -164,8 +164,47 @@ def report(exp: dict, results: dict, tests: dict, out: Path, docs: Path | None) 
         lines += [f"{k}: not run ({v})", ""]
     if exp["paper"]:
         lines += ["Published: " + "; ".join(f"{k}: {v}" for k, v in exp["paper"].items()), ""]
+    figure = _figure(exp, results, keys, tests, out, docs)
+    if figure:
+        lines += [f"![denoised]({figure})", ""]
     text = "\n".join(lines) + "\n"
     path = (docs / "repro" if docs else out) / f"{exp['name']}-{exp['budget']}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, text)
     return path
+
+
+def _figure(exp: dict, results: dict, keys: list[str], tests: dict, out: Path, docs: Path | None) -> str:
+    """Noisy, BM3D, conv FISTA and the best convolutional network beside the original (128 x 128 centre crops)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return ""
+    learned = [k for k in keys if "model" in results[k]]
+    if not learned:
+        return ""
+    best = max(learned, key=lambda k: np.mean(list(results[k]["psnr"].values())))
+    cols = [None] + [k for k in ("noisy", "bm3d", "conv-fista") if k in results] + [best]
+    names_ = [n for n in exp["test"]["figure"] if n in tests]
+    if not names_:
+        return ""
+    iio = data.require("imageio.v3")
+    fig, axes = plt.subplots(len(names_), len(cols), figsize=(2.2 * len(cols), 2.7 * len(names_)), squeeze=False)
+    for i, n in enumerate(names_):
+        im = tests[n]
+        r0, c0 = (im.shape[0] - 128) // 2, (im.shape[1] - 128) // 2
+        for j, k in enumerate(cols):
+            img = im if k is None else iio.imread(out / "png" / k / f"{n}.png").astype(float)
+            ax = axes[i, j]
+            ax.imshow(img[r0:r0 + 128, c0:c0 + 128], cmap="gray", vmin=0, vmax=255)
+            title = "original" if k is None else f"{results[k]['label'].split(' (')[0]}\n{results[k]['psnr'][n]:.2f} dB"
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    fig.tight_layout()
+    target = (docs / "images" if docs else out) / f"{exp['name']}-{exp['budget']}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=80)
+    plt.close(fig)
+    return f"../images/{target.name}" if docs else target.name
