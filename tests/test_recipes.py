@@ -62,7 +62,8 @@ def test_aglista_steps_are_clamped():
 
 
 def test_recipe_table_and_reproduction_pins():
-    assert recipes.recipe("alista").lr == 2e-3 and recipes.recipe("lista") == recipes.DEFAULT
+    assert recipes.recipe("alista").lr == 2e-3 and recipes.recipe("lfista") == recipes.DEFAULT
+    assert recipes.recipe("lista").lr == 3e-3 and recipes.recipe("lista").batch == 128
     assert recipes.config("alista") == {"ss": "count", "ss.theta": True}
     assert recipes.config("alista", {"ss": "none"}) == {"ss": "none"}  # a mode given drops the recipe's ss.*
     assert recipes.reproduction_config("na-alista", {}) == {"bound": False}
