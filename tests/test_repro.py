@@ -455,3 +455,16 @@ def test_every_experiment_validates_at_every_budget(name, tmp_path):
     for b in ("smoke", "quick", "paper"):
         budget = exp.budget(b)
         Runner(exp, budget, tmp_path, torch.device("cpu")).validate(exp.cells(budget), exp.active_models(budget))
+
+
+def test_a_cell_above_0_db_is_reported_as_diverged_not_compared():
+    from unrolled.repro.report import paper_markdown
+
+    base = dict(where={"n": 2000}, method="alista-at", paper=-26.1, pm=0, metric="nmse_db", floor=-45.9, status="",
+                layer=None, sample=-31.4, K=16)
+    text, worse = paper_markdown([{**base, "ours": 68.9, "diff": None, "diverged": True},
+                                  {**base, "method": "alista", "ours": -25.0, "diff": 1.1, "diverged": False}])
+    bad, good = [line for line in text.splitlines() if line.startswith("| n=2000")]
+    assert "| diverged | — | — |" in bad and "aggregate +68.9 dB, worse than x̂ = 0" in bad and "68.9 |" not in bad
+    assert "| -25.0 | +1.1 |" in good
+    assert any("ours diverged (aggregate +68.9 dB)" in w for w in worse)

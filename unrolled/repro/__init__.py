@@ -107,7 +107,9 @@ def summary(runs: Path, docs: Path, reports: Path, budgets=("quick", "paper"), c
             med = f"{s['median_diff']:+.1f}" if s["median_diff"] is not None else "—"
             rel = Path(reports.name) / f"{stem}.md" if reports.parent.resolve() == docs.parent.resolve() else \
                 reports / f"{stem}.md"
-            lines.append(f"| {name} | {budget} | {s['cells']} ({s['failed']}) | {s['compared']}/{s['numbers']} | "
+            diverged = sum(bool(e.get("diverged")) for e in s["entries"])
+            compared = f"{s['compared']}/{s['numbers']}" + (f" ({diverged} diverged)" if diverged else "")
+            lines.append(f"| {name} | {budget} | {s['cells']} ({s['failed']}) | {compared} | "
                          f"{med} | {s['worse']} | {s['claims']} | {s['seconds']:.0f} | [{stem}]({rel}) |")
             if s["entries"]:
                 table_md, _ = report.paper_markdown(s["entries"])

@@ -87,7 +87,9 @@ def paper_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
                          ours=None, diff=None, floor=floor[0] if floor else None, status="", layer=block.get("layer"))
                 if finals:
                     e["ours"] = num(finals[0][metric])
-                    e["diff"] = e["ours"] - value
+                    # above 0 dB is worse than x = 0: a divergence, never a number to compare
+                    e["diverged"] = metric == "nmse_db" and e["ours"] is not None and e["ours"] > 0
+                    e["diff"] = None if e["diverged"] else e["ours"] - value
                     e["sample"] = num(finals[0].get("nmse_db_sample")) if metric == "nmse_db" else None
                     e["K"] = finals[0].get("K")
                     e["status"] = f"{len(finals)} matching cells, first shown" if len(finals) > 1 else ""
@@ -109,6 +111,10 @@ def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
         paper = f"{e['paper']:.1f}" + (f" ± {e['pm']:g}" if e["pm"] else "")
         metric = "" if e["metric"] == "nmse_db" else " (per-sample dB)"
         note = e["status"]
+        if e.get("diverged"):
+            note = (note + "; " if note else "") + (
+                f"**diverged**: aggregate {e['ours']:+.1f} dB, worse than x̂ = 0 (not a result)")
+            worse.append(f"{cell}, {e['method']}: paper {paper}, ours diverged (aggregate {e['ours']:+.1f} dB)")
         if e["diff"] is not None and e["diff"] > 1:
             note = (note + "; " if note else "") + f"**ours worse by {e['diff']:.1f} dB** (see notes)"
             worse.append(f"{cell}, {e['method']}: paper {paper}, ours {e['ours']:.1f} ({e['diff']:+.1f} dB)")
@@ -117,10 +123,11 @@ def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
                 f"a few test vectors dominate the aggregate (mean per-sample NMSE {e['sample']:.1f} dB)")
         if e.get("layer") and e.get("K") and str(e["layer"]) != str(e["K"]):
             note = (note + "; " if note else "") + f"paper at K={e['layer']}, ours at K={e['K']}"
-        gap = "—" if e["ours"] is None or e["floor"] is None else \
+        gap = "—" if e["ours"] is None or e.get("diverged") or e["floor"] is None else \
             "exact floor" if e["floor"] < -150 else fmt(e["ours"] - e["floor"])  # noiseless: the oracle is exact
         diff = f"{e['diff']:+.1f}" if e["diff"] is not None else "—"
-        ours = fmt(e["ours"]) if e["ours"] is not None else e["status"].split(":")[0]
+        ours = "diverged" if e.get("diverged") else fmt(e["ours"]) if e["ours"] is not None \
+            else e["status"].split(":")[0]
         lines.append(f"| {cell} | {e['method']}{metric} | {paper} | {ours} | {diff} | {gap} | {note} |")
     return "\n".join(lines) + "\n", worse
 
@@ -275,7 +282,8 @@ def summarise(exp: Experiment, rows: list[dict]) -> dict:
     verdicts = [check_claim(c, rows)[1] for c in exp.claims]
     cells = {r.get("cell") for r in rows}
     return dict(compared=len(diffs), numbers=len(entries), median_diff=statistics.median(diffs) if diffs else None,
-                worse=sum(d > 1 for d in diffs), claims=f"{verdicts.count('yes')}/{len(verdicts)}",
+                worse=sum(d > 1 for d in diffs) + sum(bool(e.get("diverged")) for e in entries),
+                claims=f"{verdicts.count('yes')}/{len(verdicts)}",
                 failed=len({r.get("cell") for r in rows if r.get("status") == "failed"}), cells=len(cells),
                 seconds=compute_seconds(rows), entries=entries)
 
