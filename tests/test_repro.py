@@ -342,7 +342,11 @@ def _repro_killed_at(k: int, toml, out) -> int:
     return killed_at(k, lambda: run_experiment(str(toml), "smoke", out, log=lambda s: None))
 
 
-def _kill_and_rerun(tmp_path, chosen):
+KEEP = ("method", "layer", "nmse_db", "status")
+
+
+def _clean_run(tmp_path) -> tuple:
+    """The tiny experiment run once uninterrupted: its TOML, the write points it passed, its table."""
     from unrolled import io
 
     toml = tmp_path / "tiny.toml"
@@ -353,8 +357,12 @@ def _kill_and_rerun(tmp_path, chosen):
         clean, _ = run_experiment(str(toml), "smoke", tmp_path / "clean" / "smoke" / "tiny", log=lambda s: None)
     finally:
         io._fault_hook = None
-    keep = ("method", "layer", "nmse_db", "status")
-    expect = [{k: r[k] for k in keep} for r in read_table(clean / "results.csv")]
+    return toml, points, [{k: r[k] for k in KEEP} for r in read_table(clean / "results.csv")]
+
+
+def _kill_and_rerun(tmp_path, chosen):
+    toml, points, expect = _clean_run(tmp_path)
+    keep = KEEP
     for k in chosen(points):
         out = tmp_path / f"k{k}" / "smoke" / "tiny"
         assert _repro_killed_at(k, toml, out) == 75, f"fault point {k} ({points[k - 1]}) not reached"
@@ -384,18 +392,8 @@ def test_random_kills_never_leave_an_unfinishable_repro(tmp_path, capsys):
     probability 0.8 at a random write), every experiment then finishing with the clean table."""
     import random
 
-    from unrolled import io
-
-    toml = tmp_path / "tiny.toml"
-    toml.write_text(TINY)
-    points: list[str] = []
-    io._fault_hook = points.append
-    try:
-        clean, _ = run_experiment(str(toml), "smoke", tmp_path / "clean" / "smoke" / "tiny", log=lambda s: None)
-    finally:
-        io._fault_hook = None
-    keep = ("method", "layer", "nmse_db", "status")
-    expect = [{k: r[k] for k in keep} for r in read_table(clean / "results.csv")]
+    toml, points, expect = _clean_run(tmp_path)
+    keep = KEEP
     rng = random.Random(0)
     kills = runs = 0
     while kills < 200:
