@@ -14,7 +14,7 @@ import unrolled as ur
 from unrolled import recipes
 from unrolled.cli import main
 from unrolled.models import build
-from unrolled.models.alista import STEP_MARGIN, spectral_radius
+from unrolled.models.alista import STEP_MARGIN, spectral_radius, step_bound, support_radius
 
 
 def problem(**kw) -> ur.Problem:
@@ -35,9 +35,9 @@ def test_gamma0_is_derived_from_rho_and_rho_is_the_spectral_radius():
 
 
 @pytest.mark.parametrize("head", ["paper", "reference"])
-def test_na_alista_steps_are_bounded_with_bound_true(head):
+def test_na_alista_steps_are_bounded_by_default(head):
     p = problem()
-    net = build("na-alista", p, dict(K=3, head=head, bound=True), torch.float64)
+    net = build("na-alista", p, dict(K=3, head=head), torch.float64)
     with torch.no_grad():
         for layer in [mod for mod in net.head.modules() if isinstance(mod, torch.nn.Linear)][-1:]:
             layer.weight.fill_(5.0)  # outputs far beyond the stable range
@@ -50,15 +50,43 @@ def test_na_alista_steps_are_bounded_with_bound_true(head):
 
         _, features = ops.residual_features(x, y, net.A, net.W, net.config.inputs, net.feature_scale)
         gamma, _ = net.thresholds(1, features, ctx)
-    assert float(gamma.max()) == pytest.approx(STEP_MARGIN / net.rho)
-    free = build("na-alista", p, dict(K=3, head=head), torch.float64)  # the default: the reference head's range
+    edge = step_bound(net.W, net.A, p.spec.sparsity)
+    if head == "reference":  # softplus: unbounded without the clamp
+        assert float(gamma.max()) == pytest.approx(edge)
+    else:  # softsign: below 1 anyway
+        assert float(gamma.max()) <= min(edge, 1.0)
+    free = build("na-alista", p, dict(K=3, head=head, bound=False), torch.float64)  # the reference code's range
     assert free.step_max is None
 
 
 def test_aglista_steps_are_clamped():
-    net = build("aglista", problem(), dict(K=2, gamma0=10.0, bound=True), torch.float64)
-    assert float(net.bounded(net.layers[0].gamma)) == pytest.approx(STEP_MARGIN / net.rho)
-    assert build("aglista", problem(), dict(K=2)).step_max is None
+    net = build("aglista", problem(), dict(K=2, gamma0=10.0), torch.float64)
+    assert float(net.bounded(net.layers[0].gamma)) == pytest.approx(net.step_max)
+    assert build("aglista", problem(), dict(K=2, bound=False)).step_max is None
+
+
+def test_step_bound_is_the_stable_edge_on_supports_and_never_below_the_global_one():
+    p = problem()
+    W, A = build("alista", p, dict(K=1), torch.float64).W, p.A.double()
+    s = p.spec.sparsity
+    rho, rho_s = spectral_radius(W, A), support_radius(W, A, s)
+    G = W.T @ A  # the n x n operator, only at this test's size
+    g = torch.Generator().manual_seed(0)
+    draws = [float(torch.linalg.eigvals(G[S][:, S]).abs().max())
+             for S in (torch.randperm(p.n, generator=g)[:round(s)] for _ in range(64))]
+    assert rho_s == pytest.approx(max(draws), rel=1e-12) and rho_s == support_radius(W, A, s)  # same draws, same bits
+    assert 1 <= rho_s < rho  # diag(W^T A) = 1; a support sees less than the whole operator
+    assert step_bound(W, A, s) == max(STEP_MARGIN / rho, 2 / rho_s)
+    assert step_bound(W, A, p.n) == pytest.approx(max(STEP_MARGIN / rho, 2 / rho))  # S = everything: rho_S = rho
+
+
+def test_a_run_from_before_a_default_changed_loads_as_it_was_trained():
+    from unrolled.training.rundir import with_later_fields
+
+    old = {"model": "na-alista", "model_config": {"K": 2}}  # written before `bound` existed
+    assert with_later_fields(old)["model_config"] == {"bound": False, "K": 2}
+    assert with_later_fields({"model": "alista", "model_config": {"K": 2}})["model_config"] == {"K": 2}
+    assert with_later_fields({"model": "na-alista", "model_config": {"bound": True}})["model_config"]["bound"]
 
 
 def test_recipe_table_and_reproduction_pins():

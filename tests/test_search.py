@@ -196,7 +196,8 @@ def test_two_worker_processes_share_one_journal(tmp_path):
     assert [reap(p) for p in pids] == [0, 0]
     study = optuna.load_study(study_name="s", storage=open_storage(url))
     decided = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(decided) == 6 and not study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    # two workers that start their last trials together may decide one beyond the target (work's docstring)
+    assert 6 <= len(decided) <= 7 and not study.get_trials(states=(optuna.trial.TrialState.FAIL,))
     assert all(t.intermediate_values for t in decided)  # the validation curve reaches the pruner
     assert all(np.isfinite(t.value) and t.user_attrs["seconds"] > 0 for t in decided if t.value is not None)
     with pytest.raises(UsageError, match="other settings"):

@@ -8,7 +8,7 @@ Initial step (docs/spec.md §6.5, §11): the linear part ``I - gamma W^T A`` is 
 instead of 1 for ALISTA-AT and AGLISTA, their papers' value): the Newton step on a sparse
 support where that is stable, 5 % inside the range elsewhere (rho = 2.15 at 250x500, 4-4.9 on
 partial-DCT or kappa = 100 matrices, where the old constant 1 diverged). A number pins it.
-``bound=True`` clamps AGLISTA's learned steps to ``STEP_MARGIN / rho`` (an option, see NA-ALISTA).
+``bound=True`` (the default) clamps AGLISTA's learned steps to :func:`step_bound` (see NA-ALISTA).
 * ``alista-at`` (adaptive thresholds, Kim & Park 2020 as in the NA-ALISTA code): the same
   step with per-entry ``theta_{t,i} = theta_t / (|x_i| / eps + 1)`` from the current iterate.
 * ``aglista`` (Wu et al., ICLR 2020): gain gate ``g = 1 + theta_{t-1} nu_t exp(-v_t |x|)``,
@@ -29,12 +29,30 @@ from ..errors import check, choice
 from ..ops import Selection
 from .base import Config, UnrolledNet, layer, register, selection
 
-STEP_MARGIN = 1.9  # bounded steps: gamma <= 1.9 / rho(W^T A), 5 % inside the stable gamma rho < 2
+STEP_MARGIN = 1.9  # initial steps: gamma0 <= 1.9 / rho(W^T A), 5 % inside the stable gamma rho < 2
+SUPPORT_DRAWS = 64  # random supports behind rho_S (support_radius)
 
 
 def spectral_radius(W: Tensor, A: Tensor) -> float:
     """``rho(W^T A)``, from the eigenvalues of the ``m x m`` matrix ``A W^T`` (the same non-zero ones)."""
     return float(torch.linalg.eigvals(A.double() @ W.double().T).abs().max())
+
+
+def support_radius(W: Tensor, A: Tensor, s: float, draws: int = SUPPORT_DRAWS, seed: int = 0) -> float:
+    """``rho_S``: the largest ``rho((W^T A)_SS)`` over ``draws`` random supports of ``round(s)`` columns
+    (a fixed generator, so the same bits every time; ``s x s`` products, never the ``n x n`` one)."""
+    n = A.shape[1]
+    k = min(n, max(1, round(s)))
+    g = torch.Generator().manual_seed(seed)
+    supports = (torch.randperm(n, generator=g)[:k] for _ in range(draws))
+    return max(float(torch.linalg.eigvals(W[:, S].double().T @ A[:, S].double()).abs().max()) for S in supports)
+
+
+def step_bound(W: Tensor, A: Tensor, s: float) -> float:
+    """The largest step of a bounded model (``bound=True``): ``2 / rho_S``, the edge of the stable range
+    on supports of the expected size ``s`` (the step that matters once the support is found), never
+    below ``1.9 / rho(W^T A)``, stable on every mode (docs/spec.md §11.7)."""
+    return max(STEP_MARGIN / spectral_radius(W, A), 2 / support_radius(W, A, s))
 
 
 @dataclass
@@ -119,7 +137,7 @@ class AglistaConfig(AlistaConfig):
     v0: float = 1.0
     nu0: float = 0.05
     theta_init: float = 1.0
-    bound: bool = False  # True: steps clamped to STEP_MARGIN / rho(W^T A) (off by default, as NA-ALISTA's)
+    bound: bool = True  # steps clamped to step_bound (2 / rho_S); False: unbounded, as the papers' code
 
 
 @register("aglista")
@@ -136,7 +154,7 @@ class AGLISTA(AnalyticNet):
         self.theta_init = nn.Parameter(torch.tensor(c.theta_init, dtype=torch.float64))
         self.layers = nn.ModuleList(layer(gamma=self.gamma0(), theta=self.theta0(), nu=c.nu0, v=c.v0, a=c.a0)
                                     for _ in range(self.K))
-        self.step_max = STEP_MARGIN / self.rho if c.bound else None
+        self.step_max = step_bound(self.W, self.A, problem.spec.sparsity) if c.bound else None
 
     def bounded(self, gamma: Tensor) -> Tensor:
         return gamma if self.step_max is None else gamma.clamp(max=self.step_max)

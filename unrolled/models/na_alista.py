@@ -27,13 +27,14 @@ PyTorch's default range the first steps ``gamma`` reach ±1, which diverges for 
 ``self.layers`` is empty. :meth:`NA_ALISTA.thresholds` is the only learned part of the
 step; overriding it with constants gives ALISTA.
 
-Bounded steps (``bound=True``, an option; issue 15): the predicted ``gamma`` is clamped to
-``1.9 / rho(W^T A)``, inside the linear stability range ``gamma rho < 2`` (docs/spec.md §6.5),
-so that no atypical input gets a step that blows its estimate up (the unbounded softplus
-gave +98.6 dB aggregate at n = 2000). It is not the default: on the demo's 250x500 problem the
-trained model wants larger steps from layer 2 on (up to 2.7, on the identified support), and
-the clamp cost 1.4 dB at layer 16 (-39.87 against -41.24 dB); a bound from the spectral
-radius on sparse supports (1.9 / rho_S = 1.16 at |S| = 50 there) is the open alternative.
+Bounded steps (``bound=True``, the default; issue 15): the predicted ``gamma`` is clamped to
+:func:`~unrolled.models.alista.step_bound`, ``2 / rho_S``, the edge of the stable range on
+supports of the expected size (never below ``1.9 / rho(W^T A)``; docs/spec.md §11.7), so that no
+atypical input gets a step that blows its estimate up (the unbounded head gave +98.6 dB
+aggregate at n = 2000). On the demo's 250x500 problem the bound is 1.216 and the trained
+unbounded head's steps stay below it (0.76 at layer 1 to 1.18 at layer 16 on the 10,000 test
+vectors), so it costs nothing there; the earlier clamp ``1.9 / rho = 0.886`` cost 1.4 dB.
+``bound=False`` is the reference code's unbounded head (the repro harness pins it).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from ..analytic import METHODS
 from ..errors import check, choice
 from ..ops import Selection
 from ..problem import check_memory
-from .alista import STEP_MARGIN, AnalyticNet
+from .alista import AnalyticNet, step_bound
 from .base import Config, Product, register, selection
 
 INPUTS = ("both", "r", "u")
@@ -67,7 +68,7 @@ class NaAlistaConfig(Config):
     head: str = "paper"  # paper (softsign(U c)) | reference (MLP + softplus)
     init_seed: int = 0
     head_scale: float = 0.1  # the head's output weights start at this fraction of PyTorch's default range
-    bound: bool = False  # True: predicted steps clamped to STEP_MARGIN / rho(W^T A) (costs 1.4 dB on the demo)
+    bound: bool = True  # predicted steps clamped to step_bound (2 / rho_S); False: the reference code's range
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,7 +110,7 @@ class NA_ALISTA(AnalyticNet):
                 for p in mod.parameters():
                     p.uniform_(-bound, bound, generator=g)
         self.register_buffer("feature_scale", self.calibrate(problem))
-        self.step_max = STEP_MARGIN / self.rho if config.bound else None
+        self.step_max = step_bound(self.W, self.A, problem.spec.sparsity) if config.bound else None
 
     def bounded(self, gamma: Tensor) -> Tensor:
         """A predicted step inside the stable range (``bound``): one atypical input cannot blow an estimate up."""

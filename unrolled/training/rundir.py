@@ -111,6 +111,20 @@ def eval_csv_name(split: str, overrides: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._=,+-]", "_", f"eval-{split}" + (f"-{tag}" if tag else "")) + ".csv"
 
 
+def with_later_fields(cfg: dict) -> dict:
+    """``cfg`` with the model-config fields added after it was written set to the values that give
+    the model it was trained as (``recipes.LATER_FIELDS``, e.g. ``bound = false``): a run from before
+    a default changed loads as it was trained."""
+    from ..models import MODELS
+    from ..recipes import LATER_FIELDS
+
+    model, mc = cfg.get("model"), cfg.get("model_config")
+    if model in MODELS and isinstance(mc, dict):
+        fields = {f.name for f in dataclasses.fields(MODELS[model].Config)}
+        cfg["model_config"] = {**{k: v for k, v in LATER_FIELDS.items() if k in fields}, **mc}
+    return cfg
+
+
 class RunDir:
     """The run directory at ``path``: the one place that knows its file names and formats."""
 
@@ -234,7 +248,7 @@ class RunDir:
         problem = cfg.get("problem")
         check(isinstance(problem, dict) and isinstance(problem.get("sha256"), str),
               f"{self.config_file} has no problem record; it was edited or damaged")
-        return cfg
+        return with_later_fields(cfg)
 
     def read_problem(self, config: dict | None = None) -> Problem:
         """The run's problem, refused when its SHA-256 differs from the one in ``config.json``."""
