@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of PyTorch (an unpinned torch pulls gigabytes of CUDA packages).
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# No extra may replace it (the deepinv extra pins torchvision 0.28.0, whose torch==2.13.0 the CPU build meets).
+	$(BIN)/python -c 'import torch, sys; sys.exit(torch.__version__ != "2.13.0+cpu")'
 	touch $(STAMP)
 
 $(BARE_STAMP): pyproject.toml
