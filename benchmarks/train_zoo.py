@@ -14,6 +14,7 @@ A training whose result is marked failed, or whose test NMSE is above 0 dB (wors
 is printed and not added. Entries go cheapest first: n = 500, then 1000, then 2000.
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/train_zoo.py --out /work/runs/zoo [--stop-at 10:05]
+    .venv/bin/python benchmarks/train_zoo.py --table    # the trained entries, for docs/results.md
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def train_one(name: str, out: Path, budget: int | None, commit: str) -> dict:
     return row
 
 
+def table() -> None:
+    """The trained entries as a markdown table (docs/results.md), from index.json and the files."""
+    print("| entry | test NMSE (dB) | training samples | seconds | file (bytes) | commit |")
+    print("|---|---|---|---|---|---|")
+    for name, e in zoo.entries().items():
+        if e.get("weights"):
+            t, size = e["training"], (zoo.HERE / e["weights"]).stat().st_size
+            print(f"| {name} | {e['test_nmse_db']:.2f} | {t['budget']:,} | {t['seconds']:.0f} | {size:,} | "
+                  f"{e['commit']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/work/runs/zoo"), help="run directories (resumable)")
@@ -73,7 +85,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--budget", type=int, help="training samples per model (default: see the docstring)")
     ap.add_argument("--stop-at", help="HH:MM (UTC): start no training after it")
+    ap.add_argument("--table", action="store_true", help="print the trained entries as a table and exit")
     a = ap.parse_args()
+    if a.table:
+        return table()
     torch.set_num_threads(a.threads)
     root = Path(__file__).parents[1]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
