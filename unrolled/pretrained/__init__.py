@@ -12,9 +12,9 @@ Only what cannot be regenerated is shipped: ``weights/NAME.safetensors`` (with i
 the model's parameters, never its buffers (A, ALISTA's analytic W, NA-ALISTA's ``feature_scale``
 from its fixed calibration batch), which are deterministic functions of the problem spec and the
 model config. They are rebuilt on load and refused unless their SHA-256 (``buffers_sha256``)
-matches the one of the buffers the model was trained with. An ALISTA file is 32 numbers (2 kB),
-an NA-ALISTA one 83k (0.3 MB); LAMP's learned ``B`` (m x n) is its whole size (0.5 MB at 250x500,
-2 MB at 250x2000). Models with a learned matrix per layer (LISTA: two n x m matrices, 16 times)
+matches the one of the buffers the model was trained with. An ALISTA file is 32 numbers (2.5 kB),
+an NA-ALISTA one 85k (0.34 MB); LAMP's learned ``B`` (m x n, float32) is its whole size (0.5 MB at
+250x500, 2.0 MB at 250x2000). Models with a learned matrix per layer (LISTA: two n x m matrices, 16 times)
 are left out to keep the package small.
 """
 
