@@ -6,7 +6,7 @@ fields that differ from the model's own defaults. ``ur.train`` fills the same va
 is given ``None``; ``unrolled demo`` trains its two models with their recipes at the smaller
 ``demo_budget``. The initialisations a recipe relies on are derived from the problem by the
 models themselves (docs/spec.md §6.5, §11.7): ALISTA's ``gamma0 = min(1, 1.9 / rho(W^T A))``
-(``bound=True`` also clamps NA-ALISTA's and AGLISTA's steps; not a default), the LISTA family's
+(NA-ALISTA's and AGLISTA's steps clamped to ``2 / rho_S``, ``bound=True``), the LISTA family's
 ``1 / (1.001 L)``, count-form support selection from the expected sparsity ``s = p n``.
 
 Where the values come from (docs/results.md): ALISTA and NA-ALISTA end to end with count-form
