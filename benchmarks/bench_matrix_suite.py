@@ -5,7 +5,7 @@ columns (Toeplitz rho = 0.9) and unnormalised columns at m/n = 1/2, and the Gaus
 m/n = 1/4 and 1/8 (``--ratios`` crosses every kind with every ratio). n = 500, s = p n with
 p = min(0.1, m / (5 n)), 40 dB, K = 16. Per cell: ALISTA, NA-ALISTA and LISTA trained with their
 recipes (unrolled/recipes.py) at ``--budget`` samples (``demo``, the default: each recipe's demo budget,
-else 300,000), ISTA and FISTA (lambda tuned on validation) and AMP at
+else 300,000; ``default``: the recipe's full budget, what ``unrolled train`` uses), ISTA and FISTA (lambda tuned on validation) and AMP at
 the same depth, the support-oracle floor; the final-layer NMSE, how many test vectors end above 0 dB,
 "diverged at k" where a method blew up, and whether each learned model beats FISTA.
 
@@ -42,14 +42,20 @@ DEMO_FALLBACK = 300_000  # --budget demo, for a recipe without a demo budget
 CLASSICAL = ("ista", "fista", "amp")
 
 
-def cells(ratios: list[float] | None) -> list[tuple[str, float]]:
-    if ratios:
-        return [(k, r) for r in ratios for k in ORDER]
-    return [(k, 0.5) for k in ORDER] + [("gaussian", r) for r in SUITE_RATIOS if r != 0.5]
+def cells(ratios: list[float] | None, only: str = "") -> list[tuple[str, float]]:
+    """The suite's cells, or those of ``--ratios``; ``only`` ("dct:1/2,gaussian:1/8") keeps the named ones."""
+    every = [(k, r) for r in ratios for k in ORDER] if ratios else \
+        [(k, 0.5) for k in ORDER] + [("gaussian", r) for r in SUITE_RATIOS if r != 0.5]
+    if not only:
+        return every
+    keep = {(k, float(Fraction(r))) for k, r in (c.split(":") for c in only.split(","))}
+    return [c for c in every if c in keep]
 
 
 def budget_of(model: str, budget: str) -> int:
-    return (recipes.recipe(model).demo_budget or DEMO_FALLBACK) if budget == "demo" else int(budget)
+    """``demo``: the recipe's demo budget (else 300,000); ``default``: what `unrolled train` uses; or a number."""
+    r = recipes.recipe(model)
+    return {"demo": r.demo_budget or DEMO_FALLBACK, "default": r.budget}.get(budget) or int(budget)
 
 
 def cell(kind: str, ratio: float, n: int, budget: str, K: int, test_size: int, out: Path,
@@ -113,7 +119,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--layers", type=int, default=16)
-    ap.add_argument("--budget", default="demo", help="training samples per model, or 'demo': each recipe's demo budget")
+    ap.add_argument("--budget", default="demo",
+                    help="training samples per model; 'demo': each recipe's demo budget; 'default': its full budget")
+    ap.add_argument("--cells", default="", help="only these cells, e.g. 'dct:1/2,gaussian:1/8' (kind:m/n)")
+    ap.add_argument("--results", default="matrix_suite.json", help="results file under benchmarks/results/")
     ap.add_argument("--test-size", type=int, default=2000)
     ap.add_argument("--ratios", default="", help="comma-separated m/n: every kind at every ratio")
     ap.add_argument("--out", default="runs/bench-matrix-suite", help="run directories (resumable)")
@@ -129,11 +138,11 @@ def main() -> None:
                 cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
                 load_average_at_start=list(os.getloadavg()))
     results = []
-    for kind, ratio in cells(ratios):
+    for kind, ratio in cells(ratios, a.cells):
         t0 = time.perf_counter()
         results.append(cell(kind, ratio, a.n, a.budget, a.layers, a.test_size, out, learned))
         results[-1]["cell_seconds"] = round(time.perf_counter() - t0, 1)
-        write_text(RESULTS / "matrix_suite.json", json.dumps(dict(meta=meta, learned=learned, cells=results), indent=1))
+        write_text(RESULTS / a.results, json.dumps(dict(meta=meta, learned=learned, cells=results), indent=1))
         print(table(results[-1:], learned).splitlines()[-1], flush=True)
     print(table(results, learned))
 

@@ -84,8 +84,8 @@ def test_a_run_from_before_a_default_changed_loads_as_it_was_trained():
     from unrolled.training.rundir import with_later_fields
 
     old = {"model": "na-alista", "model_config": {"K": 2}}  # written before `bound` existed
-    assert with_later_fields(old)["model_config"] == {"bound": False, "K": 2}
-    assert with_later_fields({"model": "alista", "model_config": {"K": 2}})["model_config"] == {"K": 2}
+    assert with_later_fields(old)["model_config"] == {"bound": False, "guard": False, "K": 2}
+    assert with_later_fields({"model": "alista", "model_config": {"K": 2}})["model_config"] == {"guard": False, "K": 2}
     assert with_later_fields({"model": "na-alista", "model_config": {"bound": True}})["model_config"]["bound"]
 
 
@@ -94,8 +94,8 @@ def test_recipe_table_and_reproduction_pins():
     assert recipes.recipe("lista").lr == 3e-3 and recipes.recipe("lista").batch == 128
     assert recipes.config("alista") == {"ss": "count", "ss.theta": True}
     assert recipes.config("alista", {"ss": "none"}) == {"ss": "none"}  # a mode given drops the recipe's ss.*
-    assert recipes.reproduction_config("na-alista", {}) == {"bound": False}
-    assert recipes.reproduction_config("alista", {"gamma0": 0.5}) == {"gamma0": 0.5}
+    assert recipes.reproduction_config("na-alista", {}) == {"bound": False, "guard": False}
+    assert recipes.reproduction_config("alista", {"gamma0": 0.5}) == {"gamma0": 0.5, "guard": False}
     cfg = build("na-alista", problem(), recipes.reproduction_config("na-alista", {"K": 2})).config
     assert "bound" not in recipes.config_record(cfg)
     with pytest.raises(ur.UsageError, match="unknown model"):
@@ -150,3 +150,46 @@ def test_help_shows_defaults_and_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("unrolled ")
+
+
+def test_support_radius_beyond_m_columns_takes_the_m_x_m_product():
+    p = problem()
+    W, A = build("alista", p, dict(K=1), torch.float64).W, p.A.double()
+    G, k = W.T @ A, 3 * p.m  # k > m: A_S W_S^T has the non-zero eigenvalues of (W^T A)_SS
+    g = torch.Generator().manual_seed(0)
+    direct = max(float(torch.linalg.eigvals(G[S][:, S]).abs().max())
+                 for S in (torch.randperm(p.n, generator=g)[:k] for _ in range(8)))
+    assert support_radius(W, A, k, draws=8) == pytest.approx(direct, rel=1e-9)
+
+
+def test_step_guard_caps_only_atypical_samples_and_stops_their_blow_up():
+    """An iterate with many more non-zeros than s meets a larger rho_S: the guard caps its step at
+    2 / rho_S(k) (never below 1.9 / rho) and leaves samples with k <= s, and small steps, alone."""
+    p = problem()  # 32 x 128 partial DCT, s = 5.12, rho > 3
+    cfg = dict(K=30, gamma0=0.9, ss="none")  # 0.9 rho > 2: unstable on the full space, fine on a support
+    net, free = build("alista", p, cfg, torch.float64), build("alista", p, {**cfg, "guard": False}, torch.float64)
+    guard = net.guard
+    assert free.guard is None and guard.sizes[0] == 5 and guard.sizes[-1] == p.n
+    assert guard.radii == sorted(guard.radii) and guard.radii[-1] == pytest.approx(net.rho)
+    x = torch.zeros(4, p.n, dtype=torch.float64)
+    for i, k in enumerate((3, 5, 40, p.n)):
+        x[i, :k] = 1.0
+    caps = guard.caps(x).flatten()
+    assert torch.isinf(caps[:2]).all() and caps[2] > caps[3] >= STEP_MARGIN / net.rho
+    assert float(caps[3]) == pytest.approx(max(STEP_MARGIN / net.rho, 2 / net.rho))
+    gamma = net.layers[0].gamma
+    assert net.guarded(gamma, x[:2]) is gamma  # no sample needs it: the scalar (and its fused kernels) stays
+    assert net.guarded(torch.tensor(0.01, dtype=torch.float64), x) is not None
+    # a dense signal: every entry active, the unguarded step diverges, the guarded one does not
+    g = torch.Generator().manual_seed(3)
+    xd = torch.randn(8, p.n, generator=g, dtype=torch.float64)
+    yd = xd @ p.A.double().T
+    with torch.no_grad():
+        err = {name: ur.metrics.nmse_db(m(yd), xd) for name, m in (("guarded", net), ("free", free))}
+        with ur.ops.backend("reference"):
+            ref = net(yd)
+        assert torch.allclose(ref, net(yd), rtol=1e-10, atol=1e-12)  # fast path = reference with the guard engaged
+    assert err["free"] > 20 and err["guarded"] < 3, err
+    twin = net.initial_twin(yd)[-1]  # the twin takes the same guarded steps
+    with torch.no_grad():
+        assert torch.allclose(twin, net(yd), rtol=1e-10, atol=1e-12)

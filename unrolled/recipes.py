@@ -69,16 +69,16 @@ DEFAULT = Recipe()
 
 # The constants of the initialisations before issue 15, as the repro experiments ran them.
 REPRODUCTION: dict[str, dict[str, Any]] = {
-    "alista": {"gamma0": 1.0},
-    "alista-at": {"gamma0": 0.5},
-    "aglista": {"gamma0": 0.5, "bound": False},
-    "na-alista": {"bound": False},
+    "alista": {"gamma0": 1.0, "guard": False},
+    "alista-at": {"gamma0": 0.5, "guard": False},
+    "aglista": {"gamma0": 0.5, "bound": False, "guard": False},
+    "na-alista": {"bound": False, "guard": False},
 }
 
 
 # Config fields added with issue 15, at the value that reproduces the code before them: left out of
 # the repro harness's training identities, so that earlier trainings are found again.
-LATER_FIELDS: dict[str, Any] = {"bound": False}
+LATER_FIELDS: dict[str, Any] = {"bound": False, "guard": False}
 
 
 def config_record(config) -> dict:

@@ -23,14 +23,15 @@ __all__ = ["SOLVERS", "fista", "get_solver", "ista", "ista_backtracking", "lipsc
            "tune_lambda"]
 
 
-def proximal_gradient(A: Tensor, y: Tensor, W: Tensor, gamma: float, theta: float, iters: int,
-                      cuts: list[Cut | None] | None = None, eps: float | None = None) -> Iterator[Tensor]:
+def proximal_gradient(A: Tensor, y: Tensor, W: Tensor, gamma: float | Callable[[Tensor], Tensor], theta: float,
+                      iters: int, cuts: list[Cut | None] | None = None, eps: float | None = None) -> Iterator[Tensor]:
     """``x <- shrink(x + gamma W^T (y - A x), theta)`` with fixed ``gamma`` and ``theta``; ``cuts[t - 1]``
-    is iteration t's support selection and ``eps`` ALISTA-AT's adaptive threshold (both optional)."""
+    is iteration t's support selection and ``eps`` ALISTA-AT's adaptive threshold (both optional).
+    A callable ``gamma`` gives the step of each iterate (ALISTA's guarded step, ``gamma(x)``)."""
     x = y.new_zeros(y.shape[0], A.shape[1])
     yield x
     for t in range(iters):
-        x = ops.pgd_step(x, y, A, W, gamma, theta, cuts[t] if cuts else None, eps)
+        x = ops.pgd_step(x, y, A, W, gamma(x) if callable(gamma) else gamma, theta, cuts[t] if cuts else None, eps)
         yield x
 
 

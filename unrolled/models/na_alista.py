@@ -34,7 +34,9 @@ atypical input gets a step that blows its estimate up (the unbounded head gave +
 aggregate at n = 2000). On the demo's 250x500 problem the bound is 1.216 and the trained
 unbounded head's steps stay below it (0.76 at layer 1 to 1.18 at layer 16 on the 10,000 test
 vectors), so it costs nothing there; the earlier clamp ``1.9 / rho = 0.886`` cost 1.4 dB.
-``bound=False`` is the reference code's unbounded head (the repro harness pins it).
+``bound=False`` is the reference code's unbounded head (the repro harness pins it). ``guard=True``
+(the default) also caps the step of a sample whose iterate has more than ``s`` non-zeros
+(:class:`~unrolled.models.alista.StepGuard`): the bound alone did not stop the divergence at n = 2000.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class NaAlistaConfig(Config):
     init_seed: int = 0
     head_scale: float = 0.1  # the head's output weights start at this fraction of PyTorch's default range
     bound: bool = True  # predicted steps clamped to step_bound (2 / rho_S); False: the reference code's range
+    guard: bool = True  # per-sample steps capped by the sample's support size (alista.StepGuard); False: as the paper
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,7 +148,7 @@ class NA_ALISTA(AnalyticNet):
     def step(self, t: int, x: Tensor, y: Tensor, ctx: dict) -> Tensor:
         d, features = ops.residual_features(x, y, self.A, self.W, self.config.inputs, self.feature_scale)
         gamma, theta = self.thresholds(t, features, ctx)
-        return ops.step_shrink(x, gamma, d, theta, self.cuts[t - 1])
+        return ops.step_shrink(x, self.guarded(gamma, x), d, theta, self.cuts[t - 1])
 
     def products(self) -> list[Product]:
         c, K = self.config, self.K
@@ -165,7 +168,7 @@ class NA_ALISTA(AnalyticNet):
             h, c = self.cell(features / self.feature_scale, (h, c))
             out = self.head(c)
             gamma, theta = (nn.functional.softsign(out) if self.config.head == "paper" else out).split(1, dim=1)[::-1]
-            gamma = self.bounded(gamma)
+            gamma = self.guarded(self.bounded(gamma), x)
             x = ops.reference.pgd_step(x, y, self.A, self.W, gamma, theta, self.cuts[t - 1])
             outs.append(x)
         return outs

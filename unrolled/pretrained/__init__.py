@@ -83,11 +83,14 @@ def problem_of(e: dict):
 
 
 def model_of(e: dict, problem):
-    """The entry's model, built from its problem and config, refused unless its regenerated buffers
+    """The entry's model, built from its problem and config (fields added after it was trained at the
+    values it was trained with, ``recipes.LATER_FIELDS``), refused unless its regenerated buffers
     hash as the ones it was trained with; its parameters are still the initial ones."""
     from ..models import build
+    from ..training.rundir import with_later_fields
 
-    model = build(e["model"], problem, e["model_config"])
+    config = with_later_fields({"model": e["model"], "model_config": dict(e["model_config"])})["model_config"]
+    model = build(e["model"], problem, config)
     check(buffers_sha256(model) == e["buffers_sha256"],
           f"the regenerated buffers ({', '.join(sorted(buffers(model)))}) of {e['name']} differ from the ones it "
           f"was trained with (SHA-256 mismatch); this code builds another model from the same config")
