@@ -5,9 +5,10 @@ columns (Toeplitz rho = 0.9) and unnormalised columns at m/n = 1/2, and the Gaus
 m/n = 1/4 and 1/8 (``--ratios`` crosses every kind with every ratio). n = 500, s = p n with
 p = min(0.1, m / (5 n)), 40 dB, K = 16. Per cell: ALISTA, NA-ALISTA and LISTA trained with their
 recipes (unrolled/recipes.py) at ``--budget`` samples (``demo``, the default: each recipe's demo budget,
-else 300,000; ``default``: the recipe's full budget, what ``unrolled train`` uses), ISTA and FISTA (lambda tuned on validation) and AMP at
-the same depth, the support-oracle floor; the final-layer NMSE, how many test vectors end above 0 dB,
-"diverged at k" where a method blew up, and whether each learned model beats FISTA.
+else 300,000; ``default``: the recipe's full budget, what ``unrolled train`` uses), ISTA and FISTA
+(lambda tuned on validation) and AMP at the same depth, the support-oracle floor; the final-layer NMSE,
+how many test vectors end above 0 dB, "diverged at k" where a method blew up, and whether each learned
+model beats FISTA.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_matrix_suite.py --out /work/runs/suite
 
