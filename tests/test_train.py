@@ -271,7 +271,7 @@ def test_init_from_warm_starts_with_the_source_weights(tmp_path, problem_file, c
 
 
 def test_only_finite_states_near_the_best_count_as_last_good(monkeypatch):
-    # Validations -5 (start), -6, +100, NaN, -5.5 dB: with a 3 dB margin, the +100 dB and the NaN
+    # Validations -5 (start), -6, -2, NaN, -5.5 dB: with a 3 dB margin, the -2 dB and the NaN
     # states are not "good", so a rollback after them returns to the -6 dB state.
     from unrolled.training.trainer import GOOD_MARGIN_DB
 
@@ -280,7 +280,7 @@ def test_only_finite_states_near_the_best_count_as_last_good(monkeypatch):
     model = build("alista", problem, dict(K=3), torch.float64)
     stage = Stage("e2e", (1, 2, 3), 3, lr=1e-3, max_steps=25, patience=10**9)
     trainer = Trainer(model, problem, [stage], TrainOptions(batch=32, eval_every=5, val_size=100))
-    values = iter([-5.0, -6.0, 100.0, math.nan, -5.5, -5.7])
+    values = iter([-5.0, -6.0, -2.0, math.nan, -5.5, -5.7])
     monkeypatch.setattr(trainer, "validate", lambda s: next(values))
     good = []
 
@@ -290,3 +290,39 @@ def test_only_finite_states_near_the_best_count_as_last_good(monkeypatch):
     monkeypatch.setattr(trainer, "_write_state", record)
     trainer.run()
     assert good[:5] == [True, False, False, True, True]
+
+
+def test_a_validation_worse_than_zero_after_a_better_one_rolls_back(monkeypatch, tmp_path):
+    # LISTA on a partial DCT at lr 3e-3 went from -9.2 dB to +25 dB in 50 steps and stayed above 0 dB
+    # (issue 15): such a jump restores the last good state and halves the rate, as a NaN does.
+    problem = small_problem()
+    model = build("alista", problem, dict(K=3), torch.float64)
+    stage = Stage("e2e", (1, 2, 3), 3, lr=1e-3, max_steps=20, patience=10**9)
+    lines = []
+    trainer = Trainer(model, problem, [stage], TrainOptions(batch=32, eval_every=5, val_size=100), tmp_path / "r",
+                      log=lines.append)
+    (tmp_path / "r").mkdir()
+    values = iter([-5.0, -6.0, 25.0, -6.5, -7.0])
+    states = {}
+
+    def validate(s):
+        v = next(values)
+        states[v] = {k: p.detach().clone() for k, p in trainer.params.items()}
+        return v
+
+    monkeypatch.setattr(trainer, "validate", validate)
+    restored = []
+    rollback = trainer._rollback
+
+    def checked(stage, reason):
+        rollback(stage, reason)
+        restored.append(all(torch.equal(p, states[-6.0][k]) for k, p in trainer.params.items()))
+
+    monkeypatch.setattr(trainer, "_rollback", checked)
+    trainer.run()
+    assert trainer.c["nan_events"] == 1 and restored == [True]  # back at the -6 dB state
+    assert any("+25.00 dB, worse than x_hat = 0 (best -6.00 dB)" in s and "halved" in s for s in lines)
+    events = [json.loads(r) for r in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["reason"][:25], e["lr_scale"]) for e in events if e.get("event") == "rollback"] == \
+        [("validation NMSE +25.00 dB", 0.5)]
+    assert [e["best"] for e in events if "val" in e] == [-6.0, -6.0, -6.5, -7.0]

@@ -219,8 +219,9 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
 
     def _rollback(self, stage: Stage, reason: str) -> None:
-        """Non-finite loss: restore the last good state (see :meth:`_is_good`) and halve the
-        learning rate; after ``MAX_ROLLBACKS`` in one stage, stop with the best weights kept."""
+        """Non-finite loss or gradient, or a validation NMSE above 0 dB after a better one: restore
+        the last good state (see :meth:`_is_good`) and halve the learning rate; after
+        ``MAX_ROLLBACKS`` in one stage, stop with the best weights kept."""
         if self.c["stage_rollbacks"] >= MAX_ROLLBACKS:
             self._restore(self.best)
             where = self.run_dir.finish(self, diverged=f"{stage.name}: {reason}") if self.run_dir else None
@@ -255,7 +256,9 @@ class Trainer:
         c["loss_sum"], c["loss_count"] = 0.0, 0
         self._append_metrics(row)
         self._progress(stage, val)
-        if self._is_good(val):
+        if self.opt.loss != "lasso" and val > 0 > c["best"]:  # worse than x_hat = 0 after being better
+            self._rollback(stage, f"validation NMSE {val:+.2f} dB, worse than x_hat = 0 (best {c['best']:.2f} dB)")
+        elif self._is_good(val):
             self.last_good = (self._snapshot(), self._optim_state_copy())
         self._write_state()
 
