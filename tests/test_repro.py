@@ -466,3 +466,13 @@ def test_a_cell_above_0_db_is_reported_as_diverged_not_compared():
     assert "| diverged | — | — |" in bad and "aggregate +68.9 dB, worse than x̂ = 0" in bad and "68.9 |" not in bad
     assert "| -25.0 | +1.1 |" in good
     assert any("ours diverged (aggregate +68.9 dB)" in w for w in worse)
+
+
+def test_a_cell_with_test_vectors_above_0_db_says_how_many():
+    from unrolled.repro.report import paper_markdown
+
+    base = dict(where={"n": 2000}, method="na-alista", paper=-32.5, pm=0, metric="nmse_db", floor=-45.9, status="",
+                layer=None, sample=-9.9, K=16, ours=-9.6, diff=22.9, diverged=False)
+    text, _ = paper_markdown([{**base, "over_0db": 1}, {**base, "method": "alista-at", "over_0db": 0}])
+    flagged, clean = [line for line in text.splitlines() if line.startswith("| n=2000")]
+    assert "**1 test vector(s) above 0 dB**" in flagged and "above 0 dB" not in clean

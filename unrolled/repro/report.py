@@ -91,6 +91,8 @@ def paper_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
                     e["diverged"] = metric == "nmse_db" and e["ours"] is not None and e["ours"] > 0
                     e["diff"] = None if e["diverged"] else e["ours"] - value
                     e["sample"] = num(finals[0].get("nmse_db_sample")) if metric == "nmse_db" else None
+                    over = num(finals[0].get("over_0db")) if metric == "nmse_db" else None
+                    e["over_0db"] = int(over) if over is not None and math.isfinite(over) else 0
                     e["K"] = finals[0].get("K")
                     e["status"] = f"{len(finals)} matching cells, first shown" if len(finals) > 1 else ""
                 elif mine:
@@ -121,6 +123,8 @@ def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
         if e.get("sample") is not None and e["ours"] - e["sample"] > OUTLIER_DB:
             note = (note + "; " if note else "") + (
                 f"a few test vectors dominate the aggregate (mean per-sample NMSE {e['sample']:.1f} dB)")
+        if e.get("over_0db") and not e.get("diverged"):
+            note = (note + "; " if note else "") + f"**{e['over_0db']} test vector(s) above 0 dB**"
         if e.get("layer") and e.get("K") and str(e["layer"]) != str(e["K"]):
             note = (note + "; " if note else "") + f"paper at K={e['layer']}, ours at K={e['K']}"
         gap = "—" if e["ours"] is None or e.get("diverged") or e["floor"] is None else \
