@@ -136,6 +136,8 @@ def report(exp: dict, results: dict, tests: dict, out: Path, docs: Path | None) 
         rows = []
         for lab in labels:
             cells = [results.get(f"{r}/{lab}") for r in ratios]
+            if not any(cells):  # a method this budget never runs (FISTA 200 at one ratio only, ...)
+                continue
             name = next((c["label"] for c in cells if c), lab)
             rows.append([name] + [("diverged" if "diverged" in c else _mean(c, s)) if c else "-" for c in cells]
                         + [paper.get(lab, {}).get("psnr", "-") if isinstance(paper.get(lab), dict) else "-",
