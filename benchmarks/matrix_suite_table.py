@@ -6,7 +6,10 @@ training finished); then the best learned network, its gap to VAMP and to the or
 holds: best learned <= VAMP and within 1 dB of the oracle at 40 dB. Never a number that is not in the table.
 
     .venv/bin/python benchmarks/matrix_suite_table.py runs/repro/quick/matrix-suite/results.csv [--budget quick]
-        [--plot FIGURE.png] [--snr 40]
+        [--plot FIGURE.png] [--snr 40] [--experiment matrix-suite-gap]
+
+The learned columns are the experiment's own model labels (``matrix-suite-gap`` adds ``lvamp-damped``), in its
+order; a label of the suite with no result anywhere in the table stays as a "—" column.
 
 Prints markdown (the table, then the cells where the goal is not met, with their gaps); ``--plot`` draws NMSE
 against layer per matrix at ``--snr``, every method with a result and the oracle floor (the repro figure's
@@ -18,11 +21,16 @@ from __future__ import annotations
 import argparse
 import re
 
+from unrolled.errors import check
 from unrolled.repro import load
 from unrolled.repro.report import read_table
 
 BASELINES = ("ista", "fista", "amp", "vamp")
-LEARNED = ("alista", "na-alista", "lista-cpss", "lamp", "lvamp")
+
+
+def learned_methods(exp) -> tuple[str, ...]:
+    """The experiment's learned methods: its model labels, pending entries left out."""
+    return tuple(m.label for m in exp.models if not m.pending)
 
 
 def value(rows: list[dict], cell: str, method: str, K: int) -> tuple[float | None, str]:
@@ -34,13 +42,20 @@ def value(rows: list[dict], cell: str, method: str, K: int) -> tuple[float | Non
 
 
 def plot(exp, b, rows: list[dict], path: str, snr: float) -> None:
+    import math
+
     from unrolled.plots import pyplot
 
     plt = pyplot()
     cells = [c for c in exp.cells(b) if float(c.params["snr"]) == snr]
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5), dpi=100, squeeze=False)
+    check(cells, f"no cell of {exp.name} at {snr:g} dB: choose --snr among the grid's SNRs")
+    cols = min(4, len(cells))
+    lines = math.ceil(len(cells) / cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(4.25 * cols, 3.75 * lines), dpi=100, squeeze=False)
+    for ax in axes.flat[len(cells):]:
+        ax.set_visible(False)
     for ax, c in zip(axes.flat, cells):
-        for i, m in enumerate((*BASELINES, *LEARNED)):
+        for i, m in enumerate((*BASELINES, *learned_methods(exp))):
             where = f"{c.problem_key}|classical" if m in BASELINES else f"{c.key}|{m}"
             pts = sorted((int(r["layer"]), float(r["nmse_db"])) for r in rows if r.get("cell") == where
                          and r["method"] == m and str(r["layer"]) != "" and r.get("nmse_db") not in (None, ""))
@@ -55,7 +70,7 @@ def plot(exp, b, rows: list[dict], path: str, snr: float) -> None:
         ax.set_ylim(max(-50, ax.get_ylim()[0]), min(12, ax.get_ylim()[1]))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(f"matrix suite ({b.name} budget): NMSE per layer, K = {b.K}")
+    fig.suptitle(f"{exp.name} ({b.name} budget): NMSE per layer, K = {b.K}")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -66,10 +81,13 @@ def main() -> None:
     ap.add_argument("--budget", default="quick")
     ap.add_argument("--plot", help="write the NMSE-per-layer figure (one panel per matrix) here")
     ap.add_argument("--snr", type=float, default=40.0, help="--plot: the SNR whose cells are drawn")
+    ap.add_argument("--experiment", default="matrix-suite",
+                    help="the experiment that wrote RESULTS (default matrix-suite; or matrix-suite-gap)")
     a = ap.parse_args()
-    exp = load("matrix-suite")
+    exp = load(a.experiment)
     b = exp.budget(a.budget)
     rows = read_table(a.results)
+    LEARNED = learned_methods(exp)
     methods = [*BASELINES, *LEARNED]
     head = ["matrix", "SNR", *methods, "oracle", "best learned", "- VAMP", "- oracle", "goal"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]

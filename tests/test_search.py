@@ -317,3 +317,28 @@ def test_repro_design_search_smoke_fills_the_searched_column(tmp_path):
     searched = [r for r in rows if ",searched," in r]
     assert searched and not any("pending" in r for r in searched)
     assert "Search cost" in reports[0].read_text()
+    table = (tmp_path / "smoke" / "design-table1" / "results.csv").read_bytes()
+    run("smoke", tmp_path, log=lambda _m: None, finished_only=True)  # trains nothing, finds everything
+    assert (tmp_path / "smoke" / "design-table1" / "results.csv").read_bytes() == table
+
+
+def test_repro_design_search_finished_only_needs_a_search(tmp_path):
+    from unrolled.search.repro import run
+
+    with pytest.raises(UsageError, match="no search at budget smoke"):
+        run("smoke", tmp_path, log=lambda _m: None, finished_only=True)
+
+
+def test_design_search_budget_overrides_samplers_and_neurons(tmp_path, monkeypatch):
+    """A budget's ``samplers`` and ``neurons`` replace the config's: one random study, soft neurons fixed."""
+    import unrolled.search.repro as R
+
+    override = '[budget.smoke]\nsamplers = ["random"]\nneurons = ["soft"]'
+    text = R.SEARCH_CONFIG.read_text().replace("[budget.smoke]", override)
+    text = text.replace("trials = 4 ", "trials = 1 ")
+    (tmp_path / "search.toml").write_text(text)
+    monkeypatch.setattr(R, "SEARCH_CONFIG", tmp_path / "search.toml")
+    arch, _ = R.search("smoke", tmp_path / "s", log=lambda _m: None)
+    studies = optuna.get_all_study_names(open_storage(str(tmp_path / "s" / "search.journal")))
+    assert studies == ["design-table1-smoke-random"]
+    assert set(arch["neurons"].split(",")) == {"soft"}  # one per layer

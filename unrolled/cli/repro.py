@@ -15,20 +15,21 @@ def cmd_repro(a: argparse.Namespace) -> None:
     configs = Path(a.configs) if a.configs else None
     if a.target == "list":
         print(list_experiments(configs))
-    elif a.target == "summary":
+        return
+    if a.target == "summary":
         path = summary(Path(a.runs), Path(a.docs), Path(a.reports), configs=configs)
         print(f"wrote {path} and the reports in {a.reports}")
-    elif a.target == "design-search":  # the architecture search, then the tables' searched column (unrolled/search)
+        return
+    check(a.device in ("cpu", "cuda") or a.device.startswith("cuda:"), f"unknown device {a.device!r}; valid: cpu, cuda")
+    check(not a.device.startswith("cuda") or torch.cuda.is_available(),
+          "--device cuda requested but PyTorch sees no CUDA device; use --device cpu")
+    if a.target == "design-search":  # the architecture search, then the tables' searched column (unrolled/search)
         from .search import _need_optuna
         _need_optuna()
         from ..search.repro import run
 
-        run(a.budget, Path(a.out) if a.out else Path("runs/repro"), device=a.device)
+        run(a.budget, Path(a.out) if a.out else Path("runs/repro"), device=a.device, finished_only=a.finished_only)
     else:
-        check(a.device in ("cpu", "cuda") or a.device.startswith("cuda:"),
-              f"unknown device {a.device!r}; valid: cpu, cuda")
-        check(not a.device.startswith("cuda") or torch.cuda.is_available(),
-              "--device cuda requested but PyTorch sees no CUDA device; use --device cpu")
         run_experiment(a.target, a.budget, a.out, a.device, configs, finished_only=a.finished_only)
 
 

@@ -32,15 +32,18 @@ from .study import create_or_join, launch, settings_for
 SEARCH_CONFIG = CONFIG_DIR / "search" / "design-search.toml"
 
 
-def read_config(path: Path = SEARCH_CONFIG) -> dict:
+def read_config(path: Path | None = None) -> dict:
+    path = path or SEARCH_CONFIG
     try:
         return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"cannot read {path}: {e}") from None
 
 
-def search(budget: str, out: Path, workers: int = 1, log=print) -> tuple[dict, Path]:
-    """Run (or resume) the search at ``budget``; the average architecture and the report's path."""
+def search(budget: str, out: Path, workers: int = 1, log=print, finished_only: bool = False) -> tuple[dict, Path]:
+    """Run (or resume) the search at ``budget``; the average architecture and the report's path.
+    A budget may override the config's ``samplers`` and ``neurons``. ``finished_only``: report the
+    candidates finished so far, run none."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = read_config()
     check(budget in cfg["budget"], f"{SEARCH_CONFIG.name} has no [budget.{budget}]")
@@ -50,27 +53,32 @@ def search(budget: str, out: Path, workers: int = 1, log=print) -> tuple[dict, P
     cells = [c for c in exp.cells(eb) if c.tags.get("row") == "b"] or exp.cells(eb)
     problem = Problem(cells[0].spec)
     storage_url = str(out / "search.journal")
-    space = Space(eb.K, tuple(cfg.get("neurons", ["soft", "relu", "leaky"])))
+    check(not finished_only or (out / "search.journal").exists(),
+          f"no search at budget {budget} in {out} yet: run `unrolled repro design-search --budget {budget}` "
+          f"without --finished-only first")
+    space = Space(eb.K, tuple(b.get("neurons", cfg.get("neurons", ["soft", "relu", "leaky"]))))
     names = []
-    for sampler in cfg["samplers"]:
+    for sampler in b.get("samplers", cfg["samplers"]):
         name = f"{exp.name}-{budget}-{sampler}"
         settings = settings_for(problem, space=space.record(), sampler=sampler, trials=b["trials"],
                                 samples=b["samples"], batch=b["batch"], eval_every=b["eval_every"], seed=exp.seed,
                                 population=b["population"], tournament=b["tournament"])
         create_or_join(name, open_storage(storage_url), settings)
         log(f"search {name}: {b['trials']} candidates of {b['samples']:,} samples")
-        launch(name, storage_url, workers)
+        if not finished_only:
+            launch(name, storage_url, workers)
         names.append(name)
     path = write_report(names, storage_url, out / "report", top=b["top"], log=log)
     return load_arch(out / "report" / "average.json"), path
 
 
 def run(budget: str = "quick", out_root: str | Path = "runs/repro", workers: int = 1, device: str = "cpu",
-        log=print) -> list[Path]:
-    """Search, then every table of the config with its ``searched`` column filled; the reports."""
+        log=print, finished_only: bool = False) -> list[Path]:
+    """Search, then every table of the config with its ``searched`` column filled; the reports.
+    ``finished_only``: the search and the trainings finished so far, nothing run or trained."""
     root = Path(out_root) / budget
     start = time.perf_counter()
-    arch, search_report = search(budget, root / "_search", workers, log)
+    arch, search_report = search(budget, root / "_search", workers, log, finished_only)
     log(f"search done ({time.perf_counter() - start:.0f} s): {search_report}")
     reports = [search_report]
     for name in read_config()["tables"]:
@@ -86,7 +94,7 @@ def run(budget: str = "quick", out_root: str | Path = "runs/repro", workers: int
                       f"budget. {' '.join(cost)}")
         b = exp.budget(budget)
         out = root / name
-        rows = repro.Runner(exp, b, out, torch.device(device), log).run()
+        rows = repro.Runner(exp, b, out, torch.device(device), log, finished_only=finished_only).run()
         params = list(dict.fromkeys(k for c in exp.cells(b) for k in c.params))
         table = out / "results.csv"
         repro_report.write_table(rows, table, params)
