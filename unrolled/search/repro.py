@@ -48,14 +48,14 @@ def search(budget: str, out: Path, workers: int = 1, log=print, finished_only: b
     cfg = read_config()
     check(budget in cfg["budget"], f"{SEARCH_CONFIG.name} has no [budget.{budget}]")
     b = cfg["budget"][budget]
+    check(not finished_only or (out / "search.journal").exists(),
+          f"no search at budget {budget} in {out} yet: run `unrolled repro design-search --budget {budget}` "
+          f"without --finished-only first")
     exp = load(cfg["experiment"])
     eb = exp.budget(budget)
     cells = [c for c in exp.cells(eb) if c.tags.get("row") == "b"] or exp.cells(eb)
     problem = Problem(cells[0].spec)
     storage_url = str(out / "search.journal")
-    check(not finished_only or (out / "search.journal").exists(),
-          f"no search at budget {budget} in {out} yet: run `unrolled repro design-search --budget {budget}` "
-          f"without --finished-only first")
     space = Space(eb.K, tuple(b.get("neurons", cfg.get("neurons", ["soft", "relu", "leaky"]))))
     names = []
     for sampler in b.get("samplers", cfg["samplers"]):
