@@ -65,7 +65,7 @@ def test_svd_domain_vamp_equals_the_direct_solve(cfg):
     assert float(outs[-1].abs().sum()) > 0
 
 
-@pytest.mark.parametrize("linear", ["fixed", "learned"])
+@pytest.mark.parametrize("linear", ["fixed", "spectra", "learned"])
 @pytest.mark.parametrize("denoiser", ["bg", "soft"])
 def test_lvamp_at_init_equals_vamp_and_trains(linear, denoiser, perturb):
     problem = Problem(ProblemSpec(m=23, n=47, p=0.1, snr=30.0, seed=2))
@@ -78,7 +78,8 @@ def test_lvamp_at_init_equals_vamp_and_trains(linear, denoiser, perturb):
     ((lvamp(y) - x) ** 2).sum().backward()
     for name, p in lvamp.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and float(p.grad.abs().sum()) > 0, name
-    assert len(list(lvamp.parameters())) == 5 * (3 if denoiser == "bg" else 2) + (5 + 2) * (linear == "learned")
+    extra = {"fixed": 0, "spectra": 5, "learned": 5 + 2}[linear]
+    assert len(list(lvamp.parameters())) == 5 * (3 if denoiser == "bg" else 2) + extra
 
 
 def test_svd_is_computed_once_per_problem():

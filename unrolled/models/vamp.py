@@ -25,7 +25,8 @@ where AMP needs an i.i.d. Gaussian one.
 * ``lvamp`` (Borgerding, Schniter & Rangan, "AMP-inspired deep networks for sparse linear inverse
   problems", IEEE TSP 2017, Sec. IV): the same iteration with per-layer learned denoiser parameters
   (Bernoulli-Gaussian ``p_t``, ``var_t``; soft ``alpha_t``) and a per-layer noise gain on ``sigma^2``,
-  and with ``linear=learned`` the linear stage too (shared ``U``, ``V``, per-layer spectra ``s_t``).
+  with ``linear=spectra`` per-layer spectra ``s_t`` of the linear stage (``U``, ``V`` kept at A's singular
+  vectors), and with ``linear=learned`` the whole linear stage (shared ``U``, ``V`` and per-layer ``s_t``).
   At initialisation it equals ``vamp``.
 
 A learned AMP is ``lamp`` (unrolled/models/amp.py). The SVD-domain step is checked against the direct
@@ -51,7 +52,7 @@ from .amp import DIVERGENCE_FACTOR, first_divergence
 from .base import Config, Product, UnrolledNet, layer, register
 
 DENOISERS = ("bg", "soft", "gauss")
-LINEAR = ("fixed", "learned")
+LINEAR = ("fixed", "spectra", "learned")
 NOISELESS_SNR = 100.0  # dB: the least noise the LMMSE step assumes (noise_variance)
 ALPHA_MIN = 1e-6  # alpha_1, alpha_2 are kept in [ALPHA_MIN, 1 - ALPHA_MIN]: precisions stay > 0
 RESIDUAL_GUARD = 10.0  # VAMP.diverged_at: residual growth counts above this many times the noise energy m sigma^2
@@ -128,7 +129,9 @@ class VampConfig(Config):
 
 @dataclass
 class LvampConfig(VampConfig):
-    linear: str = "fixed"  # fixed (the SVD of A) | learned (shared U, V and per-layer spectra, from the SVD)
+    # fixed (the SVD of A) | spectra (per-layer singular values s_t, U and V fixed: the LMMSE stage stays that of an
+    # operator with A's singular vectors, so the extrinsic variance stays exact) | learned (also shared U, V)
+    linear: str = "fixed"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -280,7 +283,7 @@ class LVAMP(VAMP):
         else:
             init = dict(alpha=config.alpha)
         init["log_gain"] = 0.0
-        if config.linear == "learned":
+        if config.linear != "fixed":
             init["s"] = self.s
         self.layers = nn.ModuleList(layer(**init) for _ in range(self.K))
         if config.linear == "learned":
@@ -298,6 +301,8 @@ class LVAMP(VAMP):
     def linear(self, t: int) -> tuple[Tensor, Tensor, Tensor]:
         if self.config.linear == "learned":
             return self.U_learned, self.layers[t - 1].s, self.V_learned
+        if self.config.linear == "spectra":
+            return self.U, self.layers[t - 1].s, self.V
         return self.U, self.s, self.V
 
     def noise_gain(self, t: int) -> Tensor:

@@ -109,7 +109,32 @@ def end_to_end(K: int, lr: float = 1e-3, samples: int = 2_000_000, batch: int = 
     return stages
 
 
-SCHEDULES = {"stagewise": stagewise, "paper-stagewise": paper_stagewise, "end-to-end": end_to_end}
+def progressive(K: int, lr: float = 3e-3, samples: int = 2_000_000, batch: int = 128, patience: int = 10**9,
+                clip: float | None = 1.0, growth: int = 4, fine: tuple[float, ...] = (0.1,), fine_share: float = 0.25,
+                cosine: bool = True) -> list[Stage]:
+    """Depth-growing warm starts: the network truncated to ``growth``, ``2 * growth``, ... then
+    ``K`` layers, each depth trained end to end (every layer up to it, the loss on its output,
+    cosine-annealed ``lr``) from the weights of the previous depth, then :func:`end_to_end`'s
+    fine stages at full depth. The main share of the budget is split evenly over the depths
+    (a shallow stage costs less per sample). Stage-wise training's curriculum at end-to-end
+    cost: tied matrices first learn on a short, well-conditioned network.
+    """
+    check(K >= 1 and growth >= 1, f"K={K} and growth={growth} must be >= 1")
+    steps = max(1, samples // batch)
+    fine_steps = round(steps * fine_share) if fine else 0
+    depths = sorted({*range(growth, K, growth), K})
+    per_depth = max(1, (steps - fine_steps) // len(depths))
+    stages = [Stage(f"depth{d}", tuple(range(1, d + 1)), d, lr, per_depth, patience, 1.0, clip, cosine)
+              for d in depths]
+    layers = tuple(range(1, K + 1))
+    for f in fine:
+        stages.append(Stage(f"depth{K}-x{f:g}", layers, K, lr * f, max(1, fine_steps // len(fine)), patience, 1.0,
+                            clip, cosine))
+    return stages
+
+
+SCHEDULES = {"stagewise": stagewise, "paper-stagewise": paper_stagewise, "end-to-end": end_to_end,
+             "progressive": progressive}
 
 
 def make_schedule(name: str, K: int, **kw) -> list[Stage]:
