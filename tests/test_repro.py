@@ -220,6 +220,11 @@ def test_compute_counts_trainings_finished_elsewhere():
     rows = [dict(cell="a|m", cell_seconds="5", seconds="100"), dict(cell="a|m", cell_seconds="5", seconds="100"),
             dict(cell="a|classical", cell_seconds="7")]
     assert compute_seconds(rows) == 107.0
+    # rows tested differently on one training (design-table1 [f]-[i] on [b]'s) count that training once
+    shared = [dict(cell="b|m", cell_seconds="104", seconds="100", train_run="r"),
+              dict(cell="f|m", cell_seconds="3", seconds="100", train_run="r"),
+              dict(cell="g|m", cell_seconds="2", seconds="100", train_run="r")]
+    assert compute_seconds(shared) == 109.0
 
 
 def test_summary_is_regenerated_from_the_tables(runs, tmp_path):

@@ -157,7 +157,7 @@ def train(problem: Problem | str | Path, model: str | UnrolledNet, config: dict 
 
     With no ``config`` a named model trains with its recipe (:mod:`unrolled.recipes`, what
     ``unrolled train`` does with no option): the recipe's config fields and, unless given, its
-    learning rate.
+    learning rate, batch, budget and schedule options.
     """
     if isinstance(model, str) and config is None and model in MODELS:
         from . import recipes
@@ -165,6 +165,9 @@ def train(problem: Problem | str | Path, model: str | UnrolledNet, config: dict 
         config = recipes.config(model)
         r = recipes.recipe(model)
         lr = r.lr if lr is None and schedule == r.schedule else lr
+        schedule = recipes.schedule(model, schedule) if isinstance(schedule, str) else schedule
+        options.setdefault("batch", r.batch)
+        budget = r.budget if budget is None else budget
     return prepare(problem, model, config, schedule, budget, out, device, lr=lr, patience=patience,
                    init_from=init_from, resume=resume, log=log, meta=meta, data=data, **options).run()
 

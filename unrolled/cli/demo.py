@@ -33,8 +33,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
             print(f"{name}: already trained in {rd}")
             run = api.load(rd)
         else:
-            training = api.prepare(path, name, {**recipes.config(name), "K": a.layers}, r.schedule, r.demo_budget, rd,
-                                   lr=r.lr, batch=r.batch, seed=a.seed, resume=True)
+            training = api.prepare(path, name, {**recipes.config(name), "K": a.layers}, recipes.schedule(name),
+                                   r.demo_budget, rd, lr=r.lr, batch=r.batch, seed=a.seed, resume=True)
             run = fit(training, r.demo_budget)
         first = not rows  # the baselines and the floor once, beside the first model
         rows += api.evaluate(run, baselines=api.BASELINES if first else (), oracle=first)

@@ -64,8 +64,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         return robust.train(a, sets)
     check(a.budget_samples >= a.batch, f"--budget-samples {a.budget_samples:,} is less than one batch "
                                        f"(--batch {a.batch:,}); give a budget of at least one batch")
-    training = api.prepare(a.problem, a.model, {**sets, "K": a.layers}, a.schedule, a.budget_samples,
-                           a.out, a.device or torch.device("cpu"), lr=a.lr, patience=a.patience,
+    training = api.prepare(a.problem, a.model, {**sets, "K": a.layers}, recipes.schedule(a.model, a.schedule),
+                           a.budget_samples, a.out, a.device or torch.device("cpu"), lr=a.lr, patience=a.patience,
                            init_from=a.init_from, batch=a.batch, loss=a.loss, loss_lam=a.loss_lam,
                            eval_every=a.eval_every, seed=a.seed, data=data_spec(a))
     fit(training, a.budget_samples)

@@ -273,10 +273,15 @@ def final_table(exp: Experiment, rows: list[dict]) -> str:
 
 def compute_seconds(rows: list[dict]) -> float:
     """Seconds behind the table: per cell, its own time or its training's, whichever is longer (a cell
-    evaluated from a training finished elsewhere, e.g. with ``--finished-only``, took only seconds itself)."""
-    seen = {}
+    evaluated from a training finished elsewhere, e.g. with ``--finished-only``, took only seconds itself);
+    a training shared by several cells (rows tested differently on one training) counts once."""
+    seen, trainings = {}, set()
     for r in rows:
-        seen.setdefault(r.get("cell"), max(num(r.get("cell_seconds")) or 0.0, num(r.get("seconds")) or 0.0))
+        if r.get("cell") in seen:
+            continue
+        own, run = num(r.get("cell_seconds")) or 0.0, r.get("train_run")
+        seen[r.get("cell")] = own if run and run in trainings else max(own, num(r.get("seconds")) or 0.0)
+        trainings.add(run)
     return sum(seen.values())
 
 
