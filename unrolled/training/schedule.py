@@ -102,11 +102,16 @@ def end_to_end(K: int, lr: float = 1e-3, samples: int = 2_000_000, batch: int = 
     steps = max(1, samples // batch)
     fine_steps = round(steps * fine_share) if fine else 0
     layers = tuple(range(1, K + 1))
-    stages = [Stage("e2e", layers, K, lr, max(1, steps - fine_steps), patience, 1.0, clip, cosine)]
-    for f in fine:
-        stages.append(Stage(f"e2e-x{f:g}", layers, K, lr * f, max(1, fine_steps // len(fine)), patience, 1.0, clip,
-                            cosine))
-    return stages
+    main = Stage("e2e", layers, K, lr, max(1, steps - fine_steps), patience, 1.0, clip, cosine)
+    return [main, *fine_stages("e2e", K, lr, fine, fine_steps, patience, clip, cosine)]
+
+
+def fine_stages(tag: str, K: int, lr: float, fine: tuple[float, ...], steps: int, patience: int,
+                clip: float | None, cosine: bool) -> list[Stage]:
+    """One full-depth stage per factor in ``fine``, at ``lr * factor``, sharing ``steps``."""
+    layers = tuple(range(1, K + 1))
+    return [Stage(f"{tag}-x{f:g}", layers, K, lr * f, max(1, steps // len(fine)), patience, 1.0, clip, cosine)
+            for f in fine]
 
 
 def progressive(K: int, lr: float = 3e-3, samples: int = 2_000_000, batch: int = 128, patience: int = 10**9,
@@ -126,11 +131,7 @@ def progressive(K: int, lr: float = 3e-3, samples: int = 2_000_000, batch: int =
     per_depth = max(1, (steps - fine_steps) // len(depths))
     stages = [Stage(f"depth{d}", tuple(range(1, d + 1)), d, lr, per_depth, patience, 1.0, clip, cosine)
               for d in depths]
-    layers = tuple(range(1, K + 1))
-    for f in fine:
-        stages.append(Stage(f"depth{K}-x{f:g}", layers, K, lr * f, max(1, fine_steps // len(fine)), patience, 1.0,
-                            clip, cosine))
-    return stages
+    return stages + fine_stages(f"depth{K}", K, lr, fine, fine_steps, patience, clip, cosine)
 
 
 SCHEDULES = {"stagewise": stagewise, "paper-stagewise": paper_stagewise, "end-to-end": end_to_end,
