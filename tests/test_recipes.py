@@ -92,7 +92,8 @@ def test_a_run_from_before_a_default_changed_loads_as_it_was_trained():
 def test_recipe_table_and_reproduction_pins():
     assert recipes.recipe("alista").lr == 2e-3 and recipes.recipe("lfista") == recipes.DEFAULT
     assert recipes.recipe("lista").lr == 3e-3 and recipes.recipe("lista").batch == 128
-    assert recipes.schedule("lista") == {"name": "end-to-end", "fine_share": 0.75}
+    assert recipes.schedule("lista") == {"name": "end-to-end", "fine": ()}
+    assert recipes.recipe("lista").budget == 1_280_000
     assert recipes.schedule("lista", "stagewise") == "stagewise"  # another schedule keeps its own defaults
     assert recipes.schedule("alista") == recipes.schedule("alista", "end-to-end") == "end-to-end"
     assert recipes.config("alista") == {"ss": "count", "ss.theta": True}
@@ -126,18 +127,18 @@ def test_cli_train_with_no_option_uses_the_recipe_and_the_dct_case_trains_well(t
     assert "initial model diverged" in out and "halved" in out
 
 
-def test_cli_and_api_train_lista_with_the_recipes_long_tail(tmp_path):
+def test_cli_and_api_train_lista_with_the_recipes_single_cosine(tmp_path):
     path = problem().save(tmp_path / "p.npz")
     assert main(["train", str(path), "--model", "lista", "--layers", "3", "--out", str(tmp_path / "a"),
                  "--budget-samples", "12800"]) in (0, 2)
     stages = json.loads((tmp_path / "a" / "config.json").read_text())["stages"]
-    assert [(s["lr"], s["max_steps"]) for s in stages] == [(3e-3, 25), (pytest.approx(3e-4), 75)]
+    assert [(s["lr"], s["max_steps"], s["cosine"]) for s in stages] == [(3e-3, 100, True)]  # one cosine
     assert main(["train", str(path), "--model", "lista", "--layers", "3", "--out", str(tmp_path / "b"),
                  "--budget-samples", "12800", "--lr", "1e-3", "--batch", "64"]) in (0, 2)
     stages = json.loads((tmp_path / "b" / "config.json").read_text())["stages"]
-    assert [(s["lr"], s["max_steps"]) for s in stages] == [(1e-3, 50), (pytest.approx(1e-4), 150)]
+    assert [(s["lr"], s["max_steps"]) for s in stages] == [(1e-3, 200)]
     run = ur.train(problem(), "lista", budget=12800, log=lambda s: None)
-    assert [s["max_steps"] for s in run.config["stages"]] == [25, 75]
+    assert [s["max_steps"] for s in run.config["stages"]] == [100]
 
 
 def test_training_worse_than_fista_is_a_failed_run(tmp_path, capsys):

@@ -33,7 +33,8 @@ from .errors import check
 
 BUDGET = 2_000_000  # training samples of `unrolled train` (the end-to-end schedule's default)
 COUNT_SS = {"ss": "count", "ss.theta": True}  # count-form selection from s = p n, with the |z| > theta condition
-LONG_TAIL = {"fine_share": 0.75}  # end to end: the cosine over 25 % of the budget, 75 % at lr x 0.1 (issue 16)
+ONE_COSINE = {"fine": ()}  # end to end: one cosine from lr to 0 over the whole budget, no lr x 0.1 stage (issue 16)
+LEARNED_MATRICES = 1_280_000  # samples: 10,000 steps of 128 (design Table 1 row [b], docs/results.md)
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,13 @@ RECIPES: dict[str, Recipe] = {
     # selection reached -41 to -42 dB at 250x500, 40 dB, where the default percentage form gave -11 to -13
     "alista-at": Recipe(lr=2e-3, config={"ss": "count"}, demo_budget=300_000),
     "aglista": Recipe(lr=2e-3, config={**COUNT_SS, "theta0": 0.1}, demo_budget=300_000),
-    # learned matrices need a high rate to move and a long low-rate tail to settle (issue 16, docs/results.md,
-    # design Table 1 row [b] at 5.12M samples): the cosine from 3e-3 over the first quarter of the budget, then
-    # three quarters at 3e-4 from the best weights. With the quarter the other way round, tied LISTA oscillated
-    # for 20,000 steps near 3e-3 and ended at -32.7 dB; with this split it validated at -40.7 dB by 1.3M samples.
-    "lista": Recipe(lr=3e-3, batch=128, options=LONG_TAIL),
-    "dense-lista": Recipe(lr=3e-3, batch=128, options=LONG_TAIL),
-    "lwa": Recipe(lr=3e-3, batch=128, options=LONG_TAIL),
+    # learned matrices need a high rate to move and a decay to settle, and tied LISTA oscillates if the rate stays
+    # near 3e-3 for long (issue 16, docs/results.md, design Table 1 row [b]): one cosine from 3e-3 over 10,000 steps
+    # of 128 gave LISTA -40.4 / LFISTA -40.7 dB, where 40,000 steps (cosine over 75 %, then lr x 0.1) gave -32.7 /
+    # -37.6; a restart at 3e-4 after the cosine knocked LISTA from -40.7 back to -33 dB
+    "lista": Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE),
+    "dense-lista": Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE),
+    "lwa": Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE),
 }
 DEFAULT = Recipe()
 
