@@ -67,9 +67,8 @@ RECIPES: dict[str, Recipe] = {
     # near 3e-3 for long (issue 16, docs/results.md, design Table 1 row [b]): one cosine from 3e-3 over 10,000 steps
     # of 128 gave LISTA -40.4 / LFISTA -40.7 dB, where 40,000 steps (cosine over 75 %, then lr x 0.1) gave -32.7 /
     # -37.6; a restart at 3e-4 after the cosine knocked LISTA from -40.7 back to -33 dB
-    "lista": Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE),
-    "dense-lista": Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE),
-    "lwa": Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE),
+    **dict.fromkeys(("lista", "dense-lista", "lwa"),
+                    Recipe(lr=3e-3, batch=128, budget=LEARNED_MATRICES, options=ONE_COSINE)),
 }
 DEFAULT = Recipe()
 
