@@ -216,6 +216,19 @@ def test_report_names_an_aggregate_dominated_by_diverging_vectors(tmp_path):
     assert "a few test vectors dominate the aggregate (mean per-sample NMSE -20.7 dB)" in text
 
 
+def test_report_records_each_trainings_compute(tmp_path):
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(TINY)
+    out, _ = run_experiment(str(toml), "smoke", tmp_path / "smoke" / "tiny", log=lambda s: None)
+    text = (out / "report.md").read_text()
+    assert "## Compute" in text
+    row = [line for line in text.splitlines() if line.startswith("| seed=0 | alista |")]
+    assert len(row) == 1, text  # one training, named once
+    cells = [c.strip() for c in row[0].split("|")[1:-1]]
+    assert cells[2:5] == ["end-to-end", "1,920", "30"] and cells[6] == "cpu"  # 1,920 samples of batch 64
+    assert float(cells[5]) > 0
+
+
 def test_compute_counts_trainings_finished_elsewhere():
     rows = [dict(cell="a|m", cell_seconds="5", seconds="100"), dict(cell="a|m", cell_seconds="5", seconds="100"),
             dict(cell="a|classical", cell_seconds="7")]

@@ -285,6 +285,26 @@ def compute_seconds(rows: list[dict]) -> float:
     return sum(seen.values())
 
 
+def compute_table(rows: list[dict]) -> str:
+    """The compute of every training behind the table, once per training (rows tested differently on one
+    training name it under their first cell): samples, optimiser steps, wall seconds and device."""
+    seen, lines = set(), []
+    for r in rows:
+        run = r.get("train_run")
+        if not run or run in seen or not is_final(r):
+            continue
+        seen.add(run)
+        steps, samples = num(r.get("steps")), num(r.get("samples"))
+        lines.append(f"| {r['cell'].split('|')[0]} | {r['method']} | {r.get('schedule') or '?'} | "
+                     f"{f'{samples:,.0f}' if samples is not None else '?'} | "
+                     f"{f'{steps:,.0f}' if steps is not None else '?'} | {fmt(r.get('seconds'), 1)} | "
+                     f"{r.get('train_device') or '?'} | {Path(run).name} |")
+    if not lines:
+        return ""
+    return "\n".join(["| cell | method | schedule | samples | steps | seconds | device | run |",
+                      "|---|---|---|---|---|---|---|---|", *lines]) + "\n"
+
+
 def summarise(exp: Experiment, rows: list[dict]) -> dict:
     entries = paper_rows(exp, rows)
     diffs = [e["diff"] for e in entries if e["diff"] is not None]
@@ -327,6 +347,11 @@ def markdown(exp: Experiment, rows: list[dict], budget: str, figure: str) -> str
     if table:
         out += ["## All our final-layer results", "", f"{exp.metric} (dB) at layer K, every cell, every method; "
                 "`oracle-mmse` is the support-oracle floor.", "", table]
+    compute = compute_table(rows)
+    if compute:
+        out += ["## Compute", "", "Every training behind the table, once (a training shared by several cells is named "
+                "under the first); seconds are the training's wall time on its device, `?` where a training finished "
+                "before the harness recorded the value.", "", compute]
     out += ["## Figure", "", f"![{exp.name}]({figure})", "", "## Provenance of the paper numbers", ""]
     sources = list(dict.fromkeys(p["source"] + (f" (read off a plot, ± {p['pm']:g} dB)" if p.get("pm") else "")
                                  for p in exp.paper))
