@@ -268,5 +268,6 @@ class Runner:
         r = run.result
         if "diverged" in r:  # finished earlier on its best weights after diverging: the same result as then
             raise Diverged(f"training diverged earlier ({r['diverged']}); best weights in {rd.weights_file}")
-        info.update(samples=r["samples"], steps=r.get("steps"), seconds=round(r["seconds"], 1), train_device=r["device"])
+        info.update(samples=r["samples"], steps=r.get("steps"), seconds=round(r["seconds"], 1),
+                    train_device=r["device"])
         return run.model, info
