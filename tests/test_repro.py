@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 
@@ -85,9 +86,11 @@ def test_every_experiment_runs_at_smoke_budget(name, runs, capsys):
     assert "## Paper | ours | difference" in text and "## Notes" in text
     exp = load(name)
     numbers = sum(len(p["rows"]) * len(p["methods"]) for p in exp.paper)
-    if numbers:  # every paper number has its row, run at this budget or not
-        assert text.count("\n| ") - text.count("\n| cell | ") >= numbers
-        assert "| cell | method | paper | ours | difference |" in text
+    if numbers:  # every paper number has its row, or is named on the line of those not run at this budget
+        missing = re.search(r"\n(\d+) of (\d+) paper numbers have no result", text)
+        shown = text.count("\n| ") - text.count("\n| cell | ")
+        assert shown + (int(missing[1]) if missing else 0) >= numbers
+        assert "| cell | method | paper | ours | difference |" in text or (missing and missing[1] == missing[2])
     for c in exp.claims:
         assert c["text"] in text
     if exp.baselines and exp.models:  # classical baselines at the same depth, and the oracle floor
@@ -494,3 +497,17 @@ def test_a_cell_with_test_vectors_above_0_db_says_how_many():
     text, _ = paper_markdown([{**base, "over_0db": 1}, {**base, "method": "alista-at", "over_0db": 0}])
     flagged, clean = [line for line in text.splitlines() if line.startswith("| n=2000")]
     assert "**1 test vector(s) above 0 dB**" in flagged and "above 0 dB" not in clean
+
+
+def test_paper_numbers_without_a_result_are_one_line_not_table_rows():
+    from unrolled.repro.report import NO_RESULT, paper_markdown
+
+    base = dict(where={"row": "j"}, method="lista", paper=-32.4, pm=0, metric="nmse_db", floor=None, status="",
+                layer=16, sample=None, K=16, ours=-34.2, diff=-1.8, diverged=False)
+    missing = {**base, "where": {"row": "b"}, "ours": None, "diff": None, "status": NO_RESULT}
+    text, worse = paper_markdown([missing, base])
+    rows = [line for line in text.splitlines() if line.startswith("| row=")]
+    assert rows == [rows[0]] and "| row=j | lista | -32.4 | -34.2 | -1.8 |" in rows[0]
+    assert f"1 of 2 paper numbers have no result: {NO_RESULT} (row=b lista)." in text and not worse
+    text, _ = paper_markdown([missing])
+    assert "| cell |" not in text and "1 of 1 paper numbers have no result" in text

@@ -38,6 +38,9 @@ def write_table(rows: list[dict], path: Path, params: list[str]) -> None:
     write_text(path, buf.getvalue())
 
 
+NO_RESULT = "no result at this budget (not in its grid or models, or not finished yet)"
+
+
 def read_table(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -98,17 +101,21 @@ def paper_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
                 elif mine:
                     e["status"] = f"{mine[0].get('status')}: {mine[0].get('reason', '')}"
                 else:
-                    e["status"] = "no result at this budget (not in the grid, or not finished yet)"
+                    e["status"] = NO_RESULT
                 out.append(e)
     return out
 
 
 def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
+    """The paper | ours | difference table, and the lines of the cells worse by more than 1 dB. Paper
+    numbers without any result of ours (a budget that runs part of the grid) are one line below it."""
     if not entries:
         return "No paper numbers: the source gives figures or claims only (see Claims).\n", []
     lines = ["| cell | method | paper | ours | difference | ours − oracle floor | note |", "|---" * 7 + "|"]
-    worse = []
+    worse, missing = [], [e for e in entries if e["status"] == NO_RESULT]
     for e in entries:
+        if e["status"] == NO_RESULT:
+            continue
         cell = ", ".join(f"{k}={v}" for k, v in e["where"].items())
         paper = f"{e['paper']:.1f}" + (f" ± {e['pm']:g}" if e["pm"] else "")
         metric = "" if e["metric"] == "nmse_db" else " (per-sample dB)"
@@ -133,6 +140,11 @@ def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
         ours = "diverged" if e.get("diverged") else fmt(e["ours"]) if e["ours"] is not None \
             else e["status"].split(":")[0]
         lines.append(f"| {cell} | {e['method']}{metric} | {paper} | {ours} | {diff} | {gap} | {note} |")
+    if len(missing) == len(entries):
+        lines = []
+    if missing:
+        names = "; ".join(", ".join(f"{k}={v}" for k, v in e["where"].items()) + f" {e['method']}" for e in missing)
+        lines.append(f"\n{len(missing)} of {len(entries)} paper numbers have no result: {NO_RESULT} ({names}).")
     return "\n".join(lines) + "\n", worse
 
 
