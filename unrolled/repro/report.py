@@ -106,6 +106,10 @@ def paper_rows(exp: Experiment, rows: list[dict]) -> list[dict]:
     return out
 
 
+def where_text(where: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in where.items())
+
+
 def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
     """The paper | ours | difference table, and the lines of the cells worse by more than 1 dB. Paper
     numbers without any result of ours (a budget that runs part of the grid) are one line below it."""
@@ -113,10 +117,8 @@ def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
         return "No paper numbers: the source gives figures or claims only (see Claims).\n", []
     lines = ["| cell | method | paper | ours | difference | ours − oracle floor | note |", "|---" * 7 + "|"]
     worse, missing = [], [e for e in entries if e["status"] == NO_RESULT]
-    for e in entries:
-        if e["status"] == NO_RESULT:
-            continue
-        cell = ", ".join(f"{k}={v}" for k, v in e["where"].items())
+    for e in (e for e in entries if e["status"] != NO_RESULT):
+        cell = where_text(e["where"])
         paper = f"{e['paper']:.1f}" + (f" ± {e['pm']:g}" if e["pm"] else "")
         metric = "" if e["metric"] == "nmse_db" else " (per-sample dB)"
         note = e["status"]
@@ -143,7 +145,7 @@ def paper_markdown(entries: list[dict]) -> tuple[str, list[str]]:
     if len(missing) == len(entries):
         lines = []
     if missing:
-        names = "; ".join(", ".join(f"{k}={v}" for k, v in e["where"].items()) + f" {e['method']}" for e in missing)
+        names = "; ".join(f"{where_text(e['where'])} {e['method']}" for e in missing)
         lines.append(f"\n{len(missing)} of {len(entries)} paper numbers have no result: {NO_RESULT} ({names}).")
     return "\n".join(lines) + "\n", worse
 
